@@ -1,0 +1,93 @@
+"""Callbacks the CLI adds to every run: throughput logging and a line-based progress report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def _batch_size(batch: Any) -> int:
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return int(x.shape[0]) if hasattr(x, "shape") else 0
+
+
+class Throughput(Callback):
+    """Logs ``train/images_per_s`` (all ranks together) every ``every_n_steps`` steps.
+
+    Wall time between batch starts, averaged over a window: the GPU queue makes the host wait for
+    the device within a few steps, so no synchronisation is needed on the hot path.
+    """
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+        self._t0: float | None = None
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0, self._images = None, 0  # epoch boundaries include validation: restart the window
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+            return
+        self._images += _batch_size(batch) * trainer.world_size
+        if self._images and trainer.global_step % self.every_n_steps == 0:
+            elapsed = time.perf_counter() - self._t0
+            pl_module.log("train/images_per_s", self._images / elapsed, on_step=True, on_epoch=False, rank_zero_only=True)
+            self._t0, self._images = time.perf_counter(), 0
+
+
+class LineProgress(ProgressBar):
+    """Plain progress for logs that are not a terminal (SLURM, CI): one line every
+    ``every_n_steps`` optimiser steps and one per validation, no carriage returns."""
+
+    def __init__(self, every_n_steps: int = 100) -> None:
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self._enabled = True
+        self._t0 = time.perf_counter()
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @rank_zero_only
+    def _print(self, text: str) -> None:
+        if self._enabled:
+            print(text, flush=True)
+
+    def _metrics(self, trainer: pl.Trainer, prefix: str) -> str:
+        items = [(k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)]
+        return " ".join(f"{k}={float(v):.4g}" for k, v in sorted(items))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else "?"
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+            elapsed = time.perf_counter() - self._t0
+            self._print(f"epoch {trainer.current_epoch} step {step}/{total} lr={lr:.4g} {self._metrics(trainer, 'train/')} [{elapsed:.0f}s]")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._print(f"epoch {trainer.current_epoch} step {trainer.global_step} {self._metrics(trainer, 'val/')}")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._print(self._metrics(trainer, "test/"))
+
+
+def progress_bar() -> ProgressBar:
+    """A rich bar in a terminal, plain lines elsewhere (SLURM logs, CI, pipes)."""
+    if sys.stdout.isatty():
+        try:
+            return RichProgressBar()
+        except ModuleNotFoundError:  # rich is a dependency, but the progress bar is not worth a crash
+            pass
+    return LineProgress()

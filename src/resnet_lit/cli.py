@@ -1,0 +1,160 @@
+"""The ``resnet-lit`` command: LightningCLI for fit / validate / test / predict, plus a few tools.
+
+    resnet-lit fit --config configs/cifar10/resnet56.yaml
+    resnet-lit fit --config configs/r50.yaml --config configs/trainer/ddp.yaml
+    resnet-lit test --config configs/cifar10/resnet56.yaml --ckpt_path runs/resnet56/checkpoints/last.ckpt
+    resnet-lit export | report | imagenet-val ...   (see ``resnet-lit <tool> --help``)
+
+A run writes everything into one directory, ``--run_dir`` (default ``runs/<arch>``):
+``config.yaml``, ``metrics.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import ArgumentError
+from lightning.pytorch import LightningDataModule
+
+from resnet_lit.callbacks import Throughput, progress_bar
+from resnet_lit.module import ImageClassifier
+
+# Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
+TOOLS = {
+    "export": "resnet_lit.export:main",
+    "report": "resnet_lit.report:main",
+    "imagenet-val": "resnet_lit.data.imagenet_val:main",
+}
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class ResNetCLI(LightningCLI):
+    """LightningCLI with the run directory, checkpointing and logging resnet-lit runs share."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="Directory of this run (config, metrics, checkpoints). Default: runs/<model.arch>.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/error",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 1,
+            "checkpoint.filename": "best-{epoch:03d}-{step:07d}",
+            "checkpoint.auto_insert_metric_name": False,
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+        })
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        run_dir = Path(config.run_dir or Path("runs") / config.model.arch)
+        config.run_dir = str(run_dir)
+        config.trainer.default_root_dir = str(run_dir)
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        ckpt_path = getattr(config, "ckpt_path", None)
+        if ckpt_path == "last":  # Lightning would look in a new version folder; ours is fixed
+            last = Path(config.checkpoint.dirpath) / "last.ckpt"
+            if not last.is_file():
+                _fail(f"--ckpt_path last: no checkpoint at {last}. Start a new run without --ckpt_path, or name the checkpoint file.")
+            config.ckpt_path = ckpt_path = str(last)
+        if ckpt_path and not Path(ckpt_path).is_file():
+            _fail(f"--ckpt_path {ckpt_path}: no such file.")
+        if self.subcommand == "fit" and not ckpt_path:
+            _refuse_to_overwrite(Path(config.checkpoint.dirpath))
+        for logger in _as_list(config.trainer.logger):
+            _place_logger(logger, run_dir, ckpt_path)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None) -> None:
+    """Put every logger's files inside the run directory, and let a resumed wandb run keep its id."""
+    class_path = str(logger.class_path)
+    args = logger.init_args
+    name = class_path.rsplit(".", 1)[-1]
+    if name == "CSVLogger":
+        args.save_dir, args.name, args.version = str(run_dir), "", ""
+    elif name == "TensorBoardLogger":
+        args.save_dir, args.name, args.version = str(run_dir), "tensorboard", ""
+    elif name == "WandbLogger":
+        args.save_dir = str(run_dir)
+        run_id = _wandb_id_from_checkpoint(ckpt_path) if ckpt_path else None
+        if run_id:
+            args.id = run_id
+            extra = dict(getattr(args, "dict_kwargs", None) or {})
+            args.dict_kwargs = {**extra, "resume": "allow"}
+
+
+def _wandb_id_from_checkpoint(path: str) -> str | None:
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint.get("wandb_run_id")
+
+
+def _refuse_to_overwrite(checkpoint_dir: Path) -> None:
+    if (checkpoint_dir / "last.ckpt").exists() and not any(checkpoint_dir.parent.glob("hpc_ckpt_*.ckpt")):
+        _fail(
+            f"{checkpoint_dir / 'last.ckpt'} exists: this run directory already holds a run. "
+            "Resume it with `--ckpt_path last`, or start a new one with `--run_dir <new directory>`."
+        )
+
+
+def _fail(message: str) -> None:
+    print(f"resnet-lit: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    module_name, function = TOOLS[name].split(":")
+    return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
+
+
+def _check_config_files(args: list[str]) -> None:
+    """A missing --config file is the most common mistake: name it in one line."""
+    for i, arg in enumerate(args):
+        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if path is not None and not Path(path).is_file():
+            _fail(f"--config {path}: no such file (relative paths are read from {os.getcwd()}).")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``resnet-lit`` and ``python -m resnet_lit``; tests call it in-process."""
+    from_command_line = args is None
+    args = list(sys.argv[1:] if args is None else args)
+    if args and args[0] in TOOLS:
+        raise SystemExit(_run_tool(args[0], args[1:]))
+    _check_config_files(args)
+    try:
+        _cli(None if from_command_line else args)
+    except ArgumentError as error:
+        # jsonargparse would print a page of usage first; the message alone names the key.
+        command = next((a for a in args if a in SUBCOMMANDS), "")
+        _fail(f"{str(error).strip()}\n(`resnet-lit {command} --help` lists every option)")
+
+
+def _cli(args: list[str] | None) -> ResNetCLI:
+    return ResNetCLI(
+        ImageClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
+        trainer_defaults={"callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step")]},
+        auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
+        parser_kwargs={"description": __doc__, "exit_on_error": False},
+        args=args,
+    )

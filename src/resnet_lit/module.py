@@ -1,0 +1,275 @@
+"""ImageClassifier: the LightningModule that trains, evaluates and predicts with any model of
+``resnet_lit.models``.
+
+Every constructor argument is plain data and saved as a hyperparameter, so
+``ImageClassifier.load_from_checkpoint(path)`` rebuilds the network in a fresh process with no
+other argument. The backbone is ``self.model``; it is compiled in place (``nn.Module.compile``),
+so state-dict keys are the same with ``compile`` on or off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import asdict
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from resnet_lit.models import create_model
+from resnet_lit.schedules import OptimizerConfig, ScheduleConfig, global_batch_size, lr_factor, scaled_lr
+
+log = logging.getLogger("resnet_lit")
+
+Freeze = Literal["none", "backbone", "stage1", "stage2", "stage3", "stage4"]
+
+
+class ImageClassifier(pl.LightningModule):
+    """Image classification with a residual network.
+
+    Args:
+        arch: a ``resnet_lit.models.list_models()`` name, e.g. ``resnet50`` or ``resnet56``.
+        num_classes: classifier outputs; the CLI links it from the DataModule.
+        shortcut: ``A`` (zero-padded identity), ``B`` (projection where the shape changes) or
+            ``C`` (projection everywhere); ``None`` keeps the family's default (B ImageNet, A CIFAR).
+        stride_in_1x1: the paper's v1 bottleneck (stride in the first 1x1); default v1.5 (in the 3x3).
+        zero_init_residual: start each residual branch at zero (the last BN's gamma).
+        width: channel multiplier of every stage.
+        in_chans: input channels.
+        class_names: class names in label order (linked from the DataModule, kept in checkpoints
+            so ``predict`` names classes without the training data).
+        init_weights: weights to start from (a resnet-lit checkpoint, a state dict, a safetensors
+            file or torchvision/timm weights). Not a resume: ``--ckpt_path`` resumes a run.
+        freeze: ``none``, ``backbone`` (all but the classifier) or ``stageK`` (stem up to stage K).
+        optimizer: see ``OptimizerConfig``; lr is per ``reference_batch`` images.
+        schedule: see ``ScheduleConfig``.
+        label_smoothing: cross-entropy label smoothing (0 in the paper).
+        compile: ``False``, ``True`` or keyword arguments of ``nn.Module.compile`` (``mode``,
+            ``fullgraph``, ``dynamic``) for the backbone.
+        channels_last: keep weights and inputs in NHWC (faster convolutions on tensor cores).
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        num_classes: int = 1000,
+        shortcut: Literal["A", "B", "C"] | None = None,
+        stride_in_1x1: bool = False,
+        zero_init_residual: bool = False,
+        width: float = 1.0,
+        in_chans: int = 3,
+        class_names: list[str] | None = None,
+        init_weights: str | None = None,
+        freeze: Freeze = "none",
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        schedule: ScheduleConfig = ScheduleConfig(),
+        label_smoothing: float = 0.0,
+        compile: bool | dict[str, Any] = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        # Checkpoints hold plain dicts (weights_only loading), the module works with dataclasses.
+        optimizer = OptimizerConfig(**optimizer) if isinstance(optimizer, dict) else optimizer
+        schedule = ScheduleConfig(**schedule) if isinstance(schedule, dict) else schedule
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.save_hyperparameters({**locals_hparams(locals()), "optimizer": asdict(optimizer), "schedule": asdict(schedule)})
+        self.optim_cfg, self.schedule_cfg = optimizer, schedule
+        self.model = create_model(
+            arch, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1,
+            zero_init_residual=zero_init_residual, width=width, in_chans=in_chans,
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        top5 = min(5, num_classes)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            for stage in ("train", "val", "test") for name, k in (("acc1", 1), ("acc5", top5))
+        })
+        self._compiled = False
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_weights and self.trainer.ckpt_path is None:
+            # A resume (--ckpt_path) restores its own weights right after this hook.
+            from resnet_lit.checkpoints import load_into, load_state_dict_file
+
+            state_dict, metadata = load_state_dict_file(self.hparams.init_weights)
+            load_into(self.model, state_dict, metadata)
+            rank_zero_info(f"initial weights from {self.hparams.init_weights}")
+        if self.hparams.freeze != "none":
+            from resnet_lit.finetune import apply_freeze
+
+            apply_freeze(self.model, self.hparams.freeze)
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.hparams.compile is not False and not self._compiled:
+            options = {} if self.hparams.compile is True else dict(self.hparams.compile)
+            self.model.compile(**options)  # in place: no `_orig_mod.` in the state dict
+            self._compiled = True
+
+    # --------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def predict_probs(self, x: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Class probabilities, averaged over crops ([B, K, C, H, W]) or scales (a list)."""
+        if isinstance(x, (list, tuple)):
+            return torch.stack([self.predict_probs(t) for t in x]).mean(0)
+        if x.ndim == 5:
+            b, k = x.shape[:2]
+            return self(x.flatten(0, 1)).float().softmax(-1).view(b, k, -1).mean(1)
+        return self(x).float().softmax(-1)
+
+    # -------------------------------------------------------------------------------- training
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.metrics["train_acc1"].update(logits, y)
+        self.metrics["train_acc5"].update(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        x, paths = batch
+        return {"paths": list(paths), "probs": self.predict_probs(x)}
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y = batch
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            scores = self(x)
+            loss = self.criterion(scores, y)
+        else:  # several crops or scales: average probabilities, as the paper's 10-crop testing
+            scores = self.predict_probs(x)
+            loss = F.nll_loss(scores.clamp_min(1e-12).log(), y)
+        self.metrics[f"{stage}_acc1"].update(scores, y)
+        self.metrics[f"{stage}_acc5"].update(scores, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        # compute() reduces over all ranks; errors are in percent, as the paper reports them.
+        acc1 = self.metrics[f"{stage}_acc1"].compute()
+        acc5 = self.metrics[f"{stage}_acc5"].compute()
+        self.metrics[f"{stage}_acc1"].reset()
+        self.metrics[f"{stage}_acc5"].reset()
+        values = {"acc1": acc1, "acc5": acc5, "error": 100 * (1 - acc1), "error5": 100 * (1 - acc5)}
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "error", rank_zero_only=True)
+
+    # ------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        cfg, sched = self.optim_cfg, self.schedule_cfg
+        trainer = self.trainer
+        per_device = _per_device_batch(trainer)
+        batch = global_batch_size(per_device, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
+        lr = scaled_lr(cfg.lr, cfg.reference_batch, batch)
+        rank_zero_info(
+            f"global batch {batch} = {per_device} per device x {trainer.num_devices} device(s) x "
+            f"{trainer.num_nodes} node(s) x {trainer.accumulate_grad_batches} accumulation; "
+            f"lr {lr:.6g} = {cfg.lr:g} x {batch}/{cfg.reference_batch}"
+        )
+        optimizer = _build_optimizer(cfg, self._param_groups(lr), lr, self.device)
+        if sched.kind == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=sched.gamma, patience=sched.patience)
+            config: dict[str, Any] = {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/error", "interval": "epoch"}}
+            if sched.warmup_steps:
+                rank_zero_info("schedule.warmup_steps is ignored by the plateau schedule")
+            return config
+        total = int(trainer.estimated_stepping_batches) if sched.kind == "cosine" else None
+        per_epoch = None
+        if sched.kind == "step" and sched.unit == "epoch":
+            max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+            if max_epochs is None:
+                raise ValueError("schedule.unit 'epoch' needs trainer.max_epochs; with max_steps use schedule.unit 'step'")
+            per_epoch = max(1, int(trainer.estimated_stepping_batches) // max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, sched, total, per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Classifier and backbone groups (backbone at ``backbone_lr_scale`` x lr), each split into
+        decayed and undecayed (BN and bias, when ``no_decay_bn_bias``) parameters."""
+        cfg = self.optim_cfg
+        head = {id(p) for p in self.model.fc.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = cfg.no_decay_bn_bias and p.ndim <= 1
+            groups.setdefault((id(p) in head, no_decay), []).append(p)
+        return [
+            {"params": params, "lr": lr * (1.0 if is_head else cfg.backbone_lr_scale),
+             "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+            for (is_head, no_decay), params in groups.items()
+        ]
+
+    # ----------------------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What the weights are, for loaders that never build this class (export, init_weights).
+        checkpoint["resnet_lit"] = {"arch_spec": dict(self.model.arch_spec), "class_names": self.hparams.class_names}
+        run_id = _wandb_run_id(self.trainer) if self._trainer is not None else None
+        if run_id:
+            checkpoint["wandb_run_id"] = run_id
+
+
+def locals_hparams(frame_locals: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments, without ``self`` and the class cell."""
+    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
+
+
+def _per_device_batch(trainer: pl.Trainer) -> int:
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and getattr(datamodule, "batch_size", None):
+        return int(datamodule.batch_size)
+    loader = trainer.train_dataloader if trainer.train_dataloader is not None else None
+    size = getattr(loader, "batch_size", None)
+    if size:
+        return int(size)
+    raise ValueError("cannot tell the per-device batch size: give the DataModule a `batch_size` attribute")
+
+
+def _build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
+    cls = getattr(torch.optim, cfg.name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        valid = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+        raise ValueError(f"optimizer.name {cfg.name!r} is not a torch.optim optimiser; valid: {', '.join(valid)}")
+    accepted = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
+    if "momentum" in accepted:
+        kwargs["momentum"] = cfg.momentum
+    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    if fused and "fused" in accepted:
+        kwargs["fused"] = True
+    kwargs.update(cfg.args)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"optimizer.args {unknown} are not arguments of torch.optim.{cfg.name}; it takes {sorted(accepted)}")
+    return cls(groups, **kwargs)
+
+
+def _wandb_run_id(trainer: pl.Trainer) -> str | None:
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            return logger.version
+    return None

@@ -1,0 +1,118 @@
+"""Optimiser and learning-rate schedule settings, and the arithmetic behind them.
+
+Everything here is plain data or a pure function, so a schedule can be checked at any iteration
+without a Trainer (``lr_factor(31_999, ...)``) and a checkpoint carries its recipe as plain values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["OptimizerConfig", "ScheduleConfig", "global_batch_size", "scaled_lr", "lr_factor"]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimiser. Defaults are the paper's: SGD, momentum 0.9, weight decay 1e-4.
+
+    Args:
+        name: a class in ``torch.optim`` (``SGD``, ``AdamW``, ``RMSprop``, ...).
+        lr: learning rate for ``reference_batch`` images; the module scales it linearly by the
+            global batch (per-device batch x devices x nodes x gradient accumulation).
+        reference_batch: the batch ``lr`` is stated for: 256 for ImageNet, 128 for CIFAR (the paper's).
+        momentum: passed only to optimisers that take it.
+        weight_decay: L2 penalty (1e-4 in the paper).
+        no_decay_bn_bias: exempt batch-norm and bias parameters from weight decay.
+        backbone_lr_scale: learning rate of everything but the classifier, relative to the
+            classifier's (fine-tuning; 1.0 trains all at the same rate).
+        fused: use the fused kernel where the optimiser has one; ``None`` means on CUDA only.
+        args: further keyword arguments for the optimiser (``nesterov``, ``betas``, ...).
+    """
+
+    name: str = "SGD"
+    lr: float = 0.1
+    reference_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    no_decay_bn_bias: bool = False
+    backbone_lr_scale: float = 1.0
+    fused: bool | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule.
+
+    Args:
+        kind: ``step`` (divide by 1/``gamma`` at each milestone: the paper's), ``plateau``
+            (divide when ``val/error`` stops improving for ``patience`` epochs: the paper's
+            ImageNet wording), ``cosine`` (to zero at the end of training) or ``constant``.
+        milestones: where ``step`` divides, in ``unit``s: [32000, 48000] iterations for CIFAR,
+            [30, 60] epochs for ImageNet.
+        unit: ``step`` (optimiser steps, as the paper's CIFAR schedule) or ``epoch``.
+        gamma: factor applied at each milestone or plateau.
+        warmup_steps: optimiser steps of warm-up before the schedule proper (ResNet-110/1202: 400).
+        warmup_mode: ``constant`` (train at ``warmup_factor`` x lr, then jump: the paper's) or
+            ``linear`` (ramp from ``warmup_factor`` x lr to lr).
+        warmup_factor: fraction of the lr used during warm-up (0.1: 0.01 for lr 0.1).
+        patience: epochs without improvement before ``plateau`` divides.
+    """
+
+    kind: Literal["step", "plateau", "cosine", "constant"] = "step"
+    milestones: list[int] = field(default_factory=lambda: [30, 60])
+    unit: Literal["step", "epoch"] = "epoch"
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_mode: Literal["constant", "linear"] = "constant"
+    warmup_factor: float = 0.1
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError(f"schedule.milestones must be increasing, got {self.milestones}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"schedule.gamma must be in (0, 1], got {self.gamma}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+def global_batch_size(per_device: int, devices: int = 1, num_nodes: int = 1, accumulate: int = 1) -> int:
+    """Images per optimiser step across the whole job."""
+    return per_device * devices * num_nodes * accumulate
+
+
+def scaled_lr(lr: float, reference_batch: int, global_batch: int) -> float:
+    """Linear scaling rule (Goyal et al. 2017): lr grows with the global batch."""
+    return lr * global_batch / reference_batch
+
+
+def lr_factor(step: int, schedule: ScheduleConfig, total_steps: int | None = None, steps_per_epoch: int | None = None) -> float:
+    """Multiplier of the (scaled) base lr after ``step`` optimiser steps.
+
+    ``total_steps`` is needed by ``cosine``; ``steps_per_epoch`` by milestones in epochs.
+    ``plateau`` is handled by ``ReduceLROnPlateau``: only its warm-up lives here.
+    """
+    if step < schedule.warmup_steps:
+        if schedule.warmup_mode == "constant":
+            return schedule.warmup_factor
+        return schedule.warmup_factor + (1 - schedule.warmup_factor) * step / schedule.warmup_steps
+    if schedule.kind in ("constant", "plateau"):
+        return 1.0
+    if schedule.kind == "step":
+        scale = 1 if schedule.unit == "step" else _need(steps_per_epoch, "steps_per_epoch")
+        passed = sum(step >= m * scale for m in schedule.milestones)
+        return schedule.gamma**passed
+    if schedule.kind == "cosine":
+        total = _need(total_steps, "total_steps")
+        t = min(1.0, (step - schedule.warmup_steps) / max(1, total - schedule.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"unknown schedule.kind {schedule.kind!r}: use step, plateau, cosine or constant")
+
+
+def _need(value: int | None, name: str) -> int:
+    if value is None:
+        raise ValueError(f"this schedule needs {name}")
+    return value
