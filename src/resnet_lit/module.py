@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnet_lit.finetune import apply_freeze, param_groups
 from resnet_lit.models import create_model
 from resnet_lit.schedules import OptimizerConfig, ScheduleConfig, global_batch_size, lr_factor, scaled_lr
 
@@ -102,8 +103,6 @@ class ImageClassifier(pl.LightningModule):
             load_into(self.model, state_dict, metadata)
             rank_zero_info(f"initial weights from {self.hparams.init_weights}")
         if self.hparams.freeze != "none":
-            from resnet_lit.finetune import apply_freeze
-
             apply_freeze(self.model, self.hparams.freeze)
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -190,7 +189,8 @@ class ImageClassifier(pl.LightningModule):
             f"{trainer.num_nodes} node(s) x {trainer.accumulate_grad_batches} accumulation; "
             f"lr {lr:.6g} = {cfg.lr:g} x {batch}/{cfg.reference_batch}"
         )
-        optimizer = _build_optimizer(cfg, self._param_groups(lr), lr, self.device)
+        groups = param_groups(self.model, lr, cfg.backbone_lr_scale, cfg.weight_decay, cfg.no_decay_bn_bias)
+        optimizer = _build_optimizer(cfg, groups, lr, self.device)
         if sched.kind == "plateau":
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=sched.gamma, patience=sched.patience)
             config: dict[str, Any] = {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/error", "interval": "epoch"}}
@@ -206,23 +206,6 @@ class ImageClassifier(pl.LightningModule):
             per_epoch = max(1, int(trainer.estimated_stepping_batches) // max_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, sched, total, per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Classifier and backbone groups (backbone at ``backbone_lr_scale`` x lr), each split into
-        decayed and undecayed (BN and bias, when ``no_decay_bn_bias``) parameters."""
-        cfg = self.optim_cfg
-        head = {id(p) for p in self.model.fc.parameters()}
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = cfg.no_decay_bn_bias and p.ndim <= 1
-            groups.setdefault((id(p) in head, no_decay), []).append(p)
-        return [
-            {"params": params, "lr": lr * (1.0 if is_head else cfg.backbone_lr_scale),
-             "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-            for (is_head, no_decay), params in groups.items()
-        ]
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
