@@ -174,9 +174,12 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
         hparams = _plain(obj.get("hyper_parameters") or {})
         metadata = {"source": "lightning", "hparams": hparams}
-        spec = obj.get("arch_spec") or arch_spec_from_hparams(hparams)
+        recorded = obj.get("resnet_lit") if isinstance(obj.get("resnet_lit"), Mapping) else {}
+        spec = recorded.get("arch_spec") or arch_spec_from_hparams(hparams)  # ImageClassifier.on_save_checkpoint
         if spec:
             metadata["arch_spec"] = _plain(spec)
+        if recorded.get("class_names") or hparams.get("class_names"):
+            metadata["class_names"] = _plain(recorded.get("class_names") or hparams.get("class_names"))
         raw = {k: v for k, v in obj["state_dict"].items() if isinstance(v, torch.Tensor)}
         raw = clean_state_dict(raw)  # DDP / compile-wrapper prefixes may come before `model.` too
         return clean_state_dict(raw, strip_model=any(k.startswith("model.") for k in raw)), metadata
