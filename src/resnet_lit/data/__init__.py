@@ -1,0 +1,7 @@
+"""DataModules for CIFAR and ImageNet-style image folders, with the paper's augmentations."""
+
+from .cifar import CIFARDataModule
+from .decode import BadImageError
+from .sharding import ShardSampler, shard_indices
+
+__all__ = ["CIFARDataModule", "BadImageError", "ShardSampler", "shard_indices"]

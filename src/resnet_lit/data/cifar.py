@@ -1,0 +1,218 @@
+"""CIFARDataModule: CIFAR-10/100 as the paper prepared it, augmented on whole batches on the device.
+
+The images live in memory as one uint8 tensor (150 MB for CIFAR-10). A sampler yields whole
+index batches and the dataset answers each with one indexing operation, so loading a batch costs
+microseconds and needs no worker processes. After Lightning moves the uint8 batch to the device,
+``on_after_batch_transfer`` subtracts the per-pixel mean and, in training, pads, crops and flips
+the whole batch there (``transforms.cifar_augment``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .cifar_io import detect_source, download_cifar, load_cifar
+from .sharding import ShardSampler
+from .transforms import cifar_augment, normalize
+
+log = logging.getLogger(__name__)
+
+
+class TensorBatches(Dataset):
+    """``dataset[list_of_indices] -> (x[idx], y[idx])``: one gather per batch (used with ``batch_size=None``)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.as_tensor(idx, dtype=torch.int64)
+        return self.x[i], self.y[i]
+
+
+def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded order of all indices that interleaves the classes: any prefix is class-balanced
+    (up to one image a class). Within a class the order is a seeded random permutation."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    lab = labels[perm]
+    # rank of each image within its class, in permuted order
+    rank = torch.empty_like(lab)
+    for c in lab.unique():
+        where = (lab == c).nonzero().squeeze(1)
+        rank[where] = torch.arange(len(where))
+    key = rank * (int(labels.max()) + 1) + lab  # by rank, then by class
+    return perm[torch.argsort(key, stable=True)]
+
+
+def pixel_mean(x: torch.Tensor, chunk: int = 5000) -> torch.Tensor:
+    """Per-pixel mean [3, H, W] on the 0..1 scale of a uint8 set [N, 3, H, W], summed in chunks."""
+    total = torch.zeros(x.shape[1:], dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        total += x[i : i + chunk].sum(0, dtype=torch.float64)
+    return (total / (255.0 * len(x))).to(torch.float32)
+
+
+class CIFARDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 128,
+        val_split: Literal["test", "holdout"] = "test",
+        holdout_size: int = 5000,
+        subset: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        pad: int = 4,
+        dataset: Literal["cifar10", "cifar100"] = "cifar10",
+        download: bool = False,
+        cache_dir: str | None = None,
+        on_bad_image: Literal["error", "skip"] = "error",
+        pin_memory: bool | None = None,
+    ) -> None:
+        """CIFAR-10 or CIFAR-100.
+
+        Args:
+            root: folder with torchvision's ``cifar-10-batches-py/`` (or ``cifar-100-python/``), or
+                ``train.tar.gz`` + ``test.tar.gz`` of image folders, or ``train/<class>/`` + ``test/<class>/``.
+            batch_size: images per device per step (the paper: 128 in total over two GPUs).
+            val_split: "test": train on all 50k, validate on the 10k test set (the paper's reported
+                numbers); "holdout": train on 45k, validate on a stratified seeded 5k holdout
+                (the paper's split for choosing the schedule).
+            holdout_size: images held out with ``val_split="holdout"`` (stratified: equal per class).
+            subset: if set, use only this many (class-balanced, seeded) training images, and at most
+                this many evaluation images: for tests and quick runs.
+            seed: seeds the holdout split, the subset and the per-epoch shuffling.
+            num_workers: DataLoader workers; 0 is fastest here (a batch is one in-memory gather).
+            pad: zero padding in pixels before the random 32x32 crop (the paper: 4).
+            dataset: which CIFAR to download with ``download=True``; the data on disk decides otherwise.
+            download: fetch torchvision's pickled CIFAR into ``root`` if no data is there (needs internet).
+            cache_dir: where decoded images are cached (default ``$RESNET_LIT_CACHE`` or ``~/.cache/resnet_lit``).
+            on_bad_image: "error" stops on the first unreadable image, naming it; "skip" leaves it
+                out and logs the count.
+            pin_memory: pinned host memory for faster copies (default: when CUDA is available).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.batch_size = batch_size
+        self.val_split = val_split
+        self.holdout_size = holdout_size
+        self.subset = subset
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pad = pad
+        self.dataset = dataset
+        self.download = download
+        self.cache_dir = cache_dir
+        self.on_bad_image = on_bad_image
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._data: dict | None = None
+        self.mean: torch.Tensor | None = None  # per-pixel mean [3, 32, 32], 0..1 scale
+        self._mean_on: dict[torch.device, torch.Tensor] = {}
+        self.train_set = self.val_set = self.test_set = None
+        self.num_skipped = 0
+
+    # ------------------------------------------------------------------ data
+    def _load(self) -> dict:
+        if self._data is None:
+            if self.download:
+                try:
+                    detect_source(Path(self.root).expanduser())
+                except FileNotFoundError:
+                    download_cifar(self.root, self.dataset)
+            self._data = load_cifar(self.root, cache_dir=self.cache_dir, on_bad_image=self.on_bad_image)
+            self.num_skipped = int(self._data.get("skipped", 0))
+            if self.num_skipped:
+                log.warning("CIFAR: skipped %d unreadable images in %s (on_bad_image='skip')", self.num_skipped, self.root)
+        return self._data
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._load()["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prepare_data(self) -> None:
+        self._load()  # download and decode once, on one process per node; the others read the cache
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        d = self._load()
+        train_x, train_y, test_x, test_y = d["train_x"], d["train_y"], d["test_x"], d["test_y"]
+        if self.val_split == "holdout":
+            per_class = self.holdout_size // self.num_classes
+            order = stratified_order(train_y, self.seed)
+            val_idx = order[: per_class * self.num_classes]
+            train_idx = order[per_class * self.num_classes :]
+            val_x, val_y = train_x[val_idx], train_y[val_idx]
+            train_x, train_y = train_x[train_idx], train_y[train_idx]
+        else:
+            val_x, val_y = test_x, test_y
+        if self.subset is not None:
+            keep = stratified_order(train_y, self.seed)[: self.subset]
+            train_x, train_y = train_x[keep], train_y[keep]
+            val_keep = stratified_order(val_y, self.seed)[: self.subset]
+            test_keep = stratified_order(test_y, self.seed)[: self.subset]
+            val_x, val_y, test_x, test_y = val_x[val_keep], val_y[val_keep], test_x[test_keep], test_y[test_keep]
+        self.mean = pixel_mean(train_x)
+        self.train_set = TensorBatches(train_x, train_y)
+        self.val_set = TensorBatches(val_x, val_y)
+        self.test_set = TensorBatches(test_x, test_y)
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        if t is None:  # used without a Trainer (benchmarks, notebooks)
+            return 0, 1
+        return t.global_rank, t.world_size
+
+    def _loader(self, ds: TensorBatches, train: bool) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = ShardSampler(
+            len(ds), rank=rank, world_size=world, shuffle=train, seed=self.seed,
+            batch_size=self.batch_size, drop_last=train,
+        )
+        return DataLoader(
+            ds, sampler=sampler, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    # ------------------------------------------------------------------ on the device
+    def _mean_for(self, device: torch.device) -> torch.Tensor:
+        if device not in self._mean_on:
+            self._mean_on[device] = self.mean.to(device)
+        return self._mean_on[device]
+
+    def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 [B, 3, 32, 32] on any device -> float32, mean-subtracted; augmented when ``train``."""
+        x = normalize(x, self._mean_for(x.device))
+        return cifar_augment(x, pad=self.pad) if train else x
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        if x.dtype != torch.uint8:  # already processed (e.g. a user's own float loader)
+            return batch
+        trainer = getattr(self, "trainer", None)
+        train = trainer is not None and trainer.training
+        return self.transform_batch(x, train), y

@@ -1,0 +1,106 @@
+"""Per-rank index shards that DDP needs and Lightning leaves alone.
+
+Training: every epoch one permutation of all indices, seeded by ``seed + epoch``, is cut to a
+multiple of the world size and dealt out round-robin, so the ranks' shards are disjoint, together
+cover the set (up to ``world_size - 1`` left-over indices) and are equally long (DDP needs every
+rank to run the same number of steps). Evaluation: rank ``r`` takes indices ``r, r + W, r + 2W ...``
+in order, with no padding, so every sample is counted exactly once (the shards differ by at most
+one sample; ``torch.utils.data.DistributedSampler`` instead repeats samples to even them out).
+
+``ShardSampler`` subclasses ``DistributedSampler`` only so that Lightning's
+``use_distributed_sampler=True`` (the default) sees a distributed sampler already in place and
+does not wrap it (``_requires_distributed_sampler`` in
+``lightning/pytorch/trainer/connectors/data_connector.py``). Lightning still calls its
+``set_epoch`` at the start of every epoch (``_set_sampler_epoch`` in the fit loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DistributedSampler
+
+
+def shard_indices(
+    n: int, rank: int, world_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, even: bool = True
+) -> torch.Tensor:
+    """Indices of ``range(n)`` that rank ``rank`` of ``world_size`` reads this epoch (int64 tensor).
+
+    ``even=True`` (training) drops the ``n % world_size`` left-over indices so all ranks get
+    ``n // world_size``; ``even=False`` (evaluation) keeps them, so shards differ by at most one.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    if shuffle:
+        g = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.arange(n)
+    if even:
+        order = order[: n - n % world_size]
+    return order[rank::world_size]
+
+
+class ShardSampler(DistributedSampler):
+    """This rank's shard of ``range(n)``: single indices, or index batches when ``batch_size`` is set.
+
+    With ``batch_size`` the sampler yields lists of indices, for a dataset whose ``__getitem__``
+    takes a whole list (in-memory CIFAR) and a ``DataLoader(batch_size=None)``. ``drop_last``
+    drops the last short batch (static shapes for ``torch.compile``).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        # Deliberately not calling DistributedSampler.__init__: it wants a dataset and a process
+        # group; we only need the isinstance check to keep Lightning from wrapping us.
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n = n
+        self.rank = rank
+        self.num_replicas = world_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        # Shuffled (training) shards are even; ordered (evaluation) shards keep every sample.
+        return shard_indices(
+            self.n, self.rank, self.num_replicas, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+            even=self.shuffle,
+        )
+
+    def __iter__(self) -> Iterator:
+        idx = self.indices()
+        if self.batch_size is None:
+            yield from idx.tolist()
+            return
+        for start in range(0, len(idx), self.batch_size):
+            batch = idx[start : start + self.batch_size]
+            if self.drop_last and len(batch) < self.batch_size:
+                return
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        # Arithmetic, not len(self.indices()): no permutation just to count.
+        w = self.num_replicas
+        per_rank = self.n // w if self.shuffle else max(0, -(-(self.n - self.rank) // w))
+        if self.batch_size is None:
+            return per_rank
+        if self.drop_last:
+            return per_rank // self.batch_size
+        return -(-per_rank // self.batch_size)

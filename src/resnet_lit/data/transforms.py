@@ -1,0 +1,245 @@
+"""The paper's augmentations and test-time crops, as plain functions and callables.
+
+Two kinds, split by where they run:
+
+* batch functions on tensors, run on the accelerator after the batch is transferred (the
+  DataModules' ``on_after_batch_transfer``): ``normalize``, ``cifar_augment``, ``pca_lighting``.
+  Workers then ship uint8 (4x fewer bytes than float) and the GPU does the arithmetic.
+* per-image callables, run in DataLoader workers, that decode and crop one ImageNet image to
+  uint8: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
+  ``MultiScale``. They crop *before* resizing (PIL ``resize(box=...)``) and let the JPEG decoder
+  drop resolution it will not need (PIL ``draft``), which is why they beat torchvision's
+  resize-then-crop presets (figures in docs/data.md).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .decode import BadImageError, bad_image_message, pil_to_tensor
+
+# ImageNet RGB statistics on the 0..1 scale (the values torchvision's weights were trained with).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# AlexNet's PCA of ImageNet RGB pixels (Krizhevsky et al. 2012), 0..1 scale, as fb.resnet.torch uses them.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+MULTI_SCALE_SIZES = (224, 256, 384, 480, 640)  # shorter sides of the paper's fully-convolutional test
+
+
+# ---------------------------------------------------------------- batch functions (any device)
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images [..., 3, H, W] -> float32 ``(x / 255 - mean) / std``; ``mean`` broadcasts
+    ([3, H, W] per-pixel or [3, 1, 1] per-channel, 0..1 scale)."""
+    out = x.to(torch.float32).div_(255).sub_(mean.to(x.device))
+    if std is not None:
+        out = out.div_(std.to(x.device))
+    return out
+
+
+def cifar_augment(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The paper's CIFAR augmentation on a whole batch [B, C, H, W] (any dtype, any device).
+
+    Zero-pads ``pad`` pixels on each side, takes a random H x W crop of the padded image and
+    mirrors it with probability 1/2, each image independently; one gather does crop and flip.
+    Applied after mean subtraction, so the padding is zero in the normalised space (as in
+    fb.resnet.torch), i.e. pixels equal to the data set's mean.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+    rows = dy + torch.arange(h, device=dev)  # [B, H]
+    cols = dx + torch.arange(w, device=dev)  # [B, W]
+    if flip:
+        mirror = torch.rand(b, 1, device=dev, generator=generator) < 0.5
+        cols = torch.where(mirror, cols.flip(1), cols)
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def cifar_train_batch(x: torch.Tensor, mean: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """uint8 CIFAR batch -> normalised, padded, cropped, flipped float32 batch (the training path)."""
+    return cifar_augment(normalize(x, mean), pad=pad)
+
+
+def pca_lighting(x: torch.Tensor, std: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """AlexNet colour augmentation on a float batch [B, 3, H, W] on the 0..1 scale (before normalising).
+
+    Adds ``eigvec @ (alpha * eigval)`` to every pixel, ``alpha ~ N(0, std)`` per image and component.
+    """
+    b = x.shape[0]
+    eigval = torch.tensor(PCA_EIGVAL, device=x.device)
+    eigvec = torch.tensor(PCA_EIGVEC, device=x.device)
+    alpha = torch.randn(b, 3, device=x.device, generator=generator) * std
+    rgb = (alpha * eigval) @ eigvec.T  # [B, 3]: rgb[b, i] = sum_j eigvec[i, j] alpha[b, j] eigval[j]
+    return x + rgb.view(b, 3, 1, 1).to(x.dtype)
+
+
+# ---------------------------------------------------------------- per-image callables (workers)
+def _draft(img: Image.Image, scale: float) -> tuple[Image.Image, float]:
+    """Let the JPEG decoder shrink by 1/2, 1/4 or 1/8 while staying >= ``scale`` of full size.
+
+    Returns the image and the factor by which its size now differs from the original.
+    """
+    if img.format == "JPEG" and scale < 0.5:
+        w, h = img.size
+        img.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+        return img, img.size[0] / w
+    return img, 1.0
+
+
+def open_lazy(data: bytes, name: str) -> Image.Image:
+    """Open without decoding (so ``draft`` can still pick a reduced size); errors name the file."""
+    if not data:
+        raise BadImageError(bad_image_message(name, "the file is empty (0 bytes)"))
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise BadImageError(bad_image_message(name, "not an image (no known image format in its bytes)")) from exc
+
+
+def resize_region(
+    img: Image.Image, name: str, box: tuple[float, float, float, float], size: tuple[int, int]
+) -> torch.Tensor:
+    """Resize the region ``box`` (left, top, right, bottom; full-resolution pixels) of a lazily
+    opened image to ``size`` (w, h) -> RGB uint8 [3, h, w]; decodes at reduced size when the
+    output needs less than half the resolution."""
+    left, top, right, bottom = box
+    scale = min(size[0] / max(right - left, 1e-6), size[1] / max(bottom - top, 1e-6))
+    try:
+        img, k = _draft(img, scale)
+        if img.mode != "RGB":
+            img = img.convert("RGB")  # greyscale, CMYK, palette -> 3 channels (also forces the decode)
+        out = img.resize(size, Image.BILINEAR, box=(left * k, top * k, right * k, bottom * k), reducing_gap=None)
+    except Exception as exc:  # truncated or corrupt data surfaces here, at decode time
+        raise BadImageError(bad_image_message(name, f"{type(exc).__name__}: {exc}")) from exc
+    return pil_to_tensor(out)
+
+
+def crop_resize(data: bytes, name: str, box_fn, size: tuple[int, int]) -> torch.Tensor:
+    """Decode ``data`` and resize the region ``box_fn(w, h)`` to ``size`` (w, h) -> uint8 [3, h, w]."""
+    img = open_lazy(data, name)
+    return resize_region(img, name, box_fn(*img.size), size)
+
+
+class PaperTrainTransform:
+    """He et al.: shorter side resized to S ~ U[256, 480], random 224 crop, horizontal flip -> uint8.
+
+    Implemented as crop-then-resize: the 224 crop of the S-resized image is the region of side
+    224 * short / S of the original, resized to 224 (same pixels up to interpolation).
+    Colour (PCA lighting) and mean subtraction follow on the batch (``pca_lighting``, ``normalize``).
+    """
+
+    def __init__(self, size: int = 224, scale_range: tuple[int, int] = (256, 480), flip: bool = True) -> None:
+        self.size, self.scale_range, self.flip = size, scale_range, flip
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        s = random.randint(*self.scale_range)
+
+        def box(w: int, h: int) -> tuple[float, float, float, float]:
+            side = self.size * min(w, h) / s  # crop side in original pixels
+            left = random.uniform(0, w - side)
+            top = random.uniform(0, h - side)
+            return left, top, left + side, top + side
+
+        x = crop_resize(data, name, box, (self.size, self.size))
+        return x.flip(-1) if self.flip and random.random() < 0.5 else x
+
+
+class ModernTrainTransform:
+    """RandomResizedCrop (area 8..100 %, aspect 3/4..4/3) to 224 and horizontal flip -> uint8."""
+
+    def __init__(self, size: int = 224, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def _box(self, w: int, h: int) -> tuple[float, float, float, float]:
+        # torchvision's RandomResizedCrop.get_params, on sizes only.
+        area = w * h
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * random.uniform(*self.scale)
+            ar = math.exp(random.uniform(*log_ratio))
+            cw, ch = round(math.sqrt(target * ar)), round(math.sqrt(target / ar))
+            if 0 < cw <= w and 0 < ch <= h:
+                left, top = random.randint(0, w - cw), random.randint(0, h - ch)
+                return left, top, left + cw, top + ch
+        in_ratio = w / h  # fallback: central crop of the whole image, aspect clamped
+        if in_ratio < self.ratio[0]:
+            cw, ch = w, round(w / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            cw, ch = round(h * self.ratio[1]), h
+        else:
+            cw, ch = w, h
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return left, top, left + cw, top + ch
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        x = crop_resize(data, name, self._box, (self.size, self.size))
+        return x.flip(-1) if random.random() < 0.5 else x
+
+
+def _center_box(resize: int, crop: int):
+    def box(w: int, h: int) -> tuple[float, float, float, float]:
+        side = crop * min(w, h) / resize
+        return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
+
+    return box
+
+
+class CenterCrop:
+    """Evaluation view: shorter side resized to ``resize`` (256), centre ``crop`` x ``crop`` (224) -> uint8 [3, 224, 224]."""
+
+    def __init__(self, resize: int = 256, crop: int = 224) -> None:
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        return crop_resize(data, name, _center_box(self.resize, self.crop), (self.crop, self.crop))
+
+
+class TenCrop:
+    """Standard 10-crop test (AlexNet): shorter side ``resize``, four corners and centre of
+    ``crop`` x ``crop``, and their mirror images -> uint8 [10, 3, crop, crop] (5 crops, then 5 flipped)."""
+
+    def __init__(self, resize: int = 256, crop: int = 224) -> None:
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        img = open_lazy(data, name)
+        w, h = img.size
+        f = self.resize / min(w, h)
+        size = (max(self.crop, round(w * f)), max(self.crop, round(h * f)))
+        full = resize_region(img, name, (0, 0, w, h), size)  # [3, H, W], shorter side = resize
+        c, (hh, ww) = self.crop, full.shape[-2:]
+        tops = (0, 0, hh - c, hh - c, (hh - c) // 2)
+        lefts = (0, ww - c, 0, ww - c, (ww - c) // 2)
+        crops = torch.stack([full[:, t : t + c, l : l + c] for t, l in zip(tops, lefts)])
+        return torch.cat([crops, crops.flip(-1)])
+
+
+class MultiScale:
+    """Fully-convolutional multi-scale test views: for each shorter side S in ``sizes``, the
+    image resized so its shorter side is S and centre-cropped to S x S -> list of uint8 [3, S, S].
+
+    The square crop is our choice so images batch (the paper runs whole non-square images one
+    by one); it keeps the full shorter side and the centre of the longer one.
+    """
+
+    def __init__(self, sizes: Sequence[int] = MULTI_SCALE_SIZES) -> None:
+        self.sizes = tuple(sizes)
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> list[torch.Tensor]:
+        return [crop_resize(data, name, _center_box(s, s), (s, s)) for s in self.sizes]
