@@ -2,6 +2,7 @@
 
 from .cifar import CIFARDataModule
 from .decode import BadImageError
+from .imagenet import ImageNetDataModule
 from .sharding import ShardSampler, shard_indices
 
-__all__ = ["CIFARDataModule", "BadImageError", "ShardSampler", "shard_indices"]
+__all__ = ["CIFARDataModule", "ImageNetDataModule", "BadImageError", "ShardSampler", "shard_indices"]
