@@ -327,9 +327,10 @@ def load_into(
         running_mean = key[: -len("num_batches_tracked")] + "running_mean"
         if key.endswith("num_batches_tracked") and key not in state_dict and running_mean in state_dict:
             state_dict[key] = value.clone()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    # In network order (stem first), as a reader scans them.
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
 
     head = _head_keys(model)
     head_only = not missing and not unexpected and wrong and set(wrong) <= head
