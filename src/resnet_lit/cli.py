@@ -24,6 +24,8 @@ from lightning.pytorch import LightningDataModule
 
 from resnet_lit.callbacks import Throughput, progress_bar
 from resnet_lit.module import ImageClassifier
+from resnet_lit.checkpoint_io import AtomicCheckpointIO
+from resnet_lit.resume import RNGState, resolve_ckpt_path
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
@@ -61,6 +63,8 @@ class ResNetCLI(LightningCLI):
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
         ckpt_path = getattr(config, "ckpt_path", None)
+        if self.subcommand == "fit":  # "auto" (requeued SLURM jobs) -> newest hpc/last checkpoint or None
+            config.ckpt_path = ckpt_path = resolve_ckpt_path(ckpt_path, run_dir, config.checkpoint.dirpath)
         if ckpt_path == "last":  # Lightning would look in a new version folder; ours is fixed
             last = Path(config.checkpoint.dirpath) / "last.ckpt"
             if not last.is_file():
@@ -153,7 +157,10 @@ def _cli(args: list[str] | None) -> ResNetCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
-        trainer_defaults={"callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step")]},
+        trainer_defaults={
+            "callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step"), RNGState()],
+            "plugins": [AtomicCheckpointIO()],  # a kill mid-write never leaves a corrupt last.ckpt
+        },
         auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
         parser_kwargs={"description": __doc__, "exit_on_error": False},
         args=args,

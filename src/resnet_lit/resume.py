@@ -12,10 +12,15 @@ resume, also lets the CLI read the wandb run id from the checkpoint it resumes.
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback
 
 AUTO = "auto"
 _HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
@@ -60,3 +65,37 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path, checkpoint_dir
     if ckpt_path is None and SLURMEnvironment.detect() and hpc_checkpoints(run_dir):
         return str(find_resume_checkpoint(run_dir, checkpoint_dir))
     return ckpt_path
+
+
+class RNGState(Callback):
+    """Checkpoint the random number generators, so a resumed run draws what an uninterrupted one would.
+
+    Lightning checkpoints weights, optimiser, schedule and loop counters but not the global RNGs;
+    a resumed process is re-seeded with ``seed_everything`` and would replay the random crops and
+    flips of epoch 0 (the CIFAR augmentation draws from the global torch generator). With this
+    callback the restored state continues the stream where the checkpoint was taken.
+    Under DDP the checkpoint holds rank 0's state and every rank loads it: Lightning seeds all
+    ranks alike and they draw the same amounts, so their streams are identical anyway.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors, ints and tuples only, so the checkpoint still loads with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        random.setstate(state_dict["python"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            states = state_dict["cuda"]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)

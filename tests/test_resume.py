@@ -1,0 +1,112 @@
+"""Resuming: which checkpoint a restarted run picks, crash-safe checkpoint writes, and
+bit-exact continuation after SIGKILL (through the real CLI on real CIFAR-10 images)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnet_lit.checkpoint_io import TMP_PREFIX, AtomicCheckpointIO, atomic_torch_save
+from resnet_lit.resume import find_resume_checkpoint, hpc_checkpoints, resolve_ckpt_path
+
+
+# ------------------------------------------------------------------ which checkpoint to resume
+def _touch(path: Path, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_auto_on_first_start_is_none(tmp_path: Path) -> None:
+    # Lightning's ckpt_path="hpc" raises here (Lightning-AI/pytorch-lightning#20347); auto starts fresh.
+    assert resolve_ckpt_path("auto", tmp_path / "run", tmp_path / "run" / "checkpoints") is None
+
+
+def test_auto_picks_newest_of_hpc_and_last(tmp_path: Path) -> None:
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    last = _touch(ckpts / "last.ckpt", 1000)
+    assert resolve_ckpt_path("auto", run, ckpts) == str(last)  # node failure: no hpc checkpoint
+    _touch(run / "hpc_ckpt_2.ckpt", 2000)
+    _touch(run / "hpc_ckpt_10.ckpt", 1500)  # highest number is the latest save, whatever the mtime
+    _touch(run / "hpc_ckpt_x.ckpt", 9000)  # not Lightning's pattern: ignored
+    assert [p.name for p in hpc_checkpoints(run)] == ["hpc_ckpt_2.ckpt", "hpc_ckpt_10.ckpt"]
+    assert resolve_ckpt_path("auto", run, ckpts) == str(run / "hpc_ckpt_10.ckpt")
+    os.utime(last, (3000, 3000))  # the resumed run went on and wrote last.ckpt after the preemption
+    assert find_resume_checkpoint(run, ckpts) == last
+
+
+def test_explicit_paths_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    _touch(run / "hpc_ckpt_1.ckpt", 1000)
+    assert resolve_ckpt_path("some/file.ckpt", run, run / "checkpoints") == "some/file.ckpt"
+    for key in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    assert resolve_ckpt_path(None, run, run / "checkpoints") is None  # not on SLURM: never implicit
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "resnet-lit")
+    assert resolve_ckpt_path(None, run, run / "checkpoints") == str(run / "hpc_ckpt_1.ckpt")
+
+
+# ------------------------------------------------------------------------ crash-safe writes
+def test_failed_write_leaves_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.arange(4.0)}, path)
+
+    def torch_save_dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", torch_save_dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.undo()
+    old = io.load_checkpoint(path)
+    assert old["step"] == 1 and torch.equal(old["w"], torch.arange(4.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # temp file removed
+
+
+_WRITER = """
+import sys, torch
+from resnet_lit.checkpoint_io import atomic_torch_save
+path = sys.argv[1]
+big = torch.ones(48 * 2**20 // 4)  # 48 MB, so a write takes a while
+for step in range(2, 10**6):
+    atomic_torch_save({"step": step, "w": big * step}, path)
+"""
+
+
+def test_sigkill_during_write_never_corrupts(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.ones(4)}, path)
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)])
+    try:
+        deadline = time.monotonic() + 60
+        # Kill while a temp file is being written (the moment a direct write would truncate last.ckpt).
+        while not any(p.name.startswith(TMP_PREFIX) and p.stat().st_size > 2**20 for p in tmp_path.iterdir()
+                      if p.exists()):
+            assert time.monotonic() < deadline, "writer never started writing"
+            assert proc.poll() is None, "writer exited early"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = torch.load(path, weights_only=True)  # loads: the old or a complete new checkpoint
+    expected_numel = 4 if ckpt["step"] == 1 else 48 * 2**20 // 4
+    assert ckpt["w"].numel() == expected_numel
+    assert torch.equal(ckpt["w"], torch.full_like(ckpt["w"], float(ckpt["step"])))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
+    assert len(leftovers) == 1  # the killed write's temp file, never matched as a checkpoint
+    assert not leftovers[0].endswith(".ckpt")
