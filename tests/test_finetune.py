@@ -1,0 +1,131 @@
+"""Freezing (frozen BN stays frozen through .train()), parameter groups, and a real fine-tuning run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from weights_helpers import extract_folder, real_batch
+
+from resnet_lit.data import ImageNetDataModule
+from resnet_lit.finetune import FrozenBatchNorm2d, apply_freeze, param_groups
+from resnet_lit.models import create_model
+from resnet_lit.module import ImageClassifier
+
+
+def _bn_training(model: nn.Module, prefix: str) -> set[bool]:
+    return {m.training for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.BatchNorm2d)}
+
+
+def test_freeze_up_to_stage2_keeps_keys_and_bn_eval() -> None:
+    model = create_model("resnet18")
+    keys = list(model.state_dict())
+    frozen = apply_freeze(model, "stage2")
+    assert list(model.state_dict()) == keys  # checkpoints of frozen and unfrozen nets are interchangeable
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(frozen) == {n for n, _ in model.named_parameters()} - trainable
+    assert all(n.startswith(("conv1.", "bn1.", "layer1.", "layer2.")) for n in frozen)
+    assert all(n.startswith(("layer3.", "layer4.", "fc.")) for n in trainable)
+    model.train()  # what Lightning does at every training epoch start
+    assert _bn_training(model, "layer2") == {False} and _bn_training(model, "bn1") == {False}
+    assert _bn_training(model, "layer3") == {True}
+    assert isinstance(model.layer1[0].bn1, FrozenBatchNorm2d) and type(model.layer3[0].bn1) is nn.BatchNorm2d
+
+
+def test_freeze_choices_and_errors() -> None:
+    model = create_model("resnet20")
+    assert apply_freeze(model, "none") == [] and all(p.requires_grad for p in model.parameters())
+    assert set(apply_freeze(create_model("resnet20"), "stem")) == {"conv1.weight", "bn1.weight", "bn1.bias"}
+    backbone = create_model("resnet20")
+    apply_freeze(backbone, "backbone")
+    assert [n for n, p in backbone.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    with pytest.raises(ValueError, match=r"freeze='stage4' is not valid for this 3-stage net; use one of none, stem, stage1, stage2, stage3, backbone"):
+        apply_freeze(model, "stage4")
+
+
+def test_param_groups_lrs_decay_and_frozen() -> None:
+    model = create_model("resnet20")
+    apply_freeze(model, "stage1")
+    groups = {g["name"]: g for g in param_groups(model, lr=0.1, backbone_lr_scale=0.1, weight_decay=1e-4, no_decay_bn_bias=True)}
+    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    assert groups["head"]["lr"] == 0.1 and groups["backbone"]["lr"] == pytest.approx(0.01)
+    assert groups["backbone"]["weight_decay"] == 1e-4 and groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert [p.shape for p in groups["head"]["params"]] == [torch.Size([10, 64])]  # fc.weight; fc.bias not decayed
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_groups = {names[id(p)] for g in groups.values() for p in g["params"]}
+    assert in_groups == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("layer1.", "conv1", "bn1")) for n in in_groups)
+    assert all(p.ndim == 4 for p in groups["backbone"]["params"])  # only convs decay in the backbone
+    plain = param_groups(create_model("resnet20"), lr=0.4, weight_decay=5e-4)
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in plain] == [("backbone", 0.4, 5e-4), ("head", 0.4, 5e-4)]
+
+
+def test_frozen_backbone_unchanged_by_training_steps(imagewoof_root: Path) -> None:
+    x = real_batch(imagewoof_root, n=4, size=64)
+    y = torch.arange(4)
+    model = create_model("resnet18", num_classes=4)
+    apply_freeze(model, "backbone")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(param_groups(model, lr=0.1, weight_decay=1e-4), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        model.train()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        if k.startswith("fc."):
+            assert not torch.equal(after[k], v), k
+        else:
+            assert torch.equal(after[k], v), k  # weights, BN affine AND running statistics
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _AtTrainStart(pl.Callback):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.state = _snapshot(pl_module.model)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.train()  # Lightning < 2.2 (and much user code) does this every epoch: frozen BN must survive it
+
+
+def test_finetune_10_to_5_classes_with_frozen_backbone(imagewoof_root: Path, tmp_path: Path) -> None:
+    """A real Lightning fit on real photographs: a 10-class checkpoint becomes a 5-class classifier;
+    before the first step everything but the head equals the source, after the steps the frozen backbone
+    (parameters and BN statistics) is still bit-identical and the head has moved."""
+    source = ImageClassifier(arch="resnet18", num_classes=10)
+    source.model.train()
+    with torch.no_grad():  # non-default BN statistics, so a reset would show
+        source.model(real_batch(imagewoof_root, n=4, size=64))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(ckpt := tmp_path / "ten.ckpt")
+    src = _snapshot(source.model)
+
+    root = tmp_path / "five"
+    extract_folder(imagewoof_root, root / "train", per_class=2, classes=5, split="train")
+    extract_folder(imagewoof_root, root / "val", per_class=1, classes=5, split="val")
+    data = ImageNetDataModule(str(root), batch_size=5, num_workers=0, augmentation="modern")
+    model = ImageClassifier(arch="resnet18", num_classes=data.num_classes, class_names=data.classes,
+                            init_weights=str(ckpt), freeze="backbone")
+    start = _AtTrainStart()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[start],
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    end = _snapshot(model.model)
+    for k, v in src.items():
+        if k.startswith("fc."):
+            assert start.state[k].shape[0] == 5 and v.shape[0] == 10  # re-initialised for the new classes
+            assert not torch.equal(end[k], start.state[k]), f"head {k} did not train"
+        else:
+            assert torch.equal(start.state[k], v), f"{k} not loaded from the checkpoint"
+            assert torch.equal(end[k], v), f"frozen {k} changed during training"
