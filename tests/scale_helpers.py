@@ -1,0 +1,54 @@
+"""Callbacks the scale-out tests add to real `resnet-lit fit` runs (via --trainer.callbacks+=...).
+
+They live in tests/ (put on PYTHONPATH by the tests) because they only observe or interrupt a run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class RecordRanks(Callback):
+    """Each process writes ``rank<global>.txt`` = "RANK=.. NODE_RANK=.. WORLD_SIZE=.. SLURM_NODEID=.." into ``folder``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        line = (f"RANK={trainer.global_rank} NODE_RANK={trainer.node_rank} WORLD_SIZE={trainer.world_size} "
+                f"SLURM_NODEID={os.environ.get('SLURM_NODEID', '-')} "
+                f"RESTART={os.environ.get('SLURM_RESTART_COUNT', '0')}")
+        Path(self.folder, f"rank{trainer.global_rank}.txt").write_text(line + "\n")
+
+
+class Progress(Callback):
+    """Rank 0 writes the global step to ``path`` after every batch, sleeping ``sleep_s`` so a test
+    has time to act mid-training."""
+
+    def __init__(self, path: str, sleep_s: float = 0.0) -> None:
+        self.path, self.sleep_s = path, sleep_s
+
+    def on_train_batch_end(self, trainer: Trainer, *args) -> None:
+        if trainer.is_global_zero:
+            tmp = self.path + ".tmp"
+            Path(tmp).write_text(str(trainer.global_step))
+            os.replace(tmp, self.path)
+        time.sleep(self.sleep_s)
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process at the start of the batch that would make global step ``step + 1``:
+    no handler, no cleanup, as the OOM killer or a lost node would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
