@@ -24,6 +24,7 @@ from lightning.pytorch import LightningDataModule
 
 from resnet_lit.callbacks import Throughput, progress_bar
 from resnet_lit.module import ImageClassifier
+from resnet_lit.predict import PredictionWriter
 from resnet_lit.checkpoint_io import AtomicCheckpointIO
 from resnet_lit.resume import RNGState, resolve_ckpt_path
 
@@ -43,6 +44,8 @@ class ResNetCLI(LightningCLI):
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Directory of this run (config, metrics, checkpoints). Default: runs/<model.arch>.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # predict: a CSV of top-5 classes per image (--predictions.output, default <run_dir>/predictions.csv)
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults({
             "checkpoint.monitor": "val/error",
             "checkpoint.mode": "min",
