@@ -1,0 +1,205 @@
+"""Lightning overhead: the same ResNet training steps through `resnet-lit fit` and a hand loop.
+
+Side A is the real CLI, in-process (`resnet_lit.cli.main`): the recipe config
+(configs/cifar10/resnet20.yaml) plus the trainer overlay (cpu.yaml or gpu.yaml), the
+CIFARDataModule on the real CIFAR-10 archive (decoded once, then in memory), ImageClassifier with
+its torchmetrics, logging, progress, throughput and LR-monitor callbacks, CSV logger and
+checkpointing. Side B is a hand-written PyTorch loop with the same model, optimiser (SGD, same
+LR schedule function), data loader, batched augmentation (`CIFARDataModule.transform_batch`),
+precision, memory format and compile setting, printing the loss every 50 steps.
+
+Both time the same window: `steps` full iterations after `warmup` untimed ones. Runs alternate
+(A B A B ...) in one process so that load from other processes on a shared machine hits both
+sides alike; the figure is the median of the per-pair ratios A/B.
+
+    python benchmarks/overhead.py --quick
+    python benchmarks/overhead.py --pairs 5 --steps 30 --out overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, Report, add_common_args, default_data_root, median, print_header, setup_threads, table  # noqa: E402
+from _steptimer import StepTimer  # noqa: E402
+
+
+def lightning_run(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
+    from resnet_lit.cli import main as cli_main
+
+    overlay = "gpu.yaml" if args.device == "cuda" else "cpu.yaml"
+    argv = [
+        "fit",
+        "--config", str(REPO_ROOT / "configs" / "cifar10" / f"{args.arch}.yaml"),
+        "--config", str(REPO_ROOT / "configs" / "trainer" / overlay),
+        "--data.root", str(args.data_root),
+        "--data.batch_size", str(args.batch),
+        "--run_dir", str(run_dir),
+        "--trainer.max_steps", str(args.warmup + args.steps + 1),
+        "--trainer.limit_val_batches", "0",  # training steps only: the hand loop does no evaluation
+        "--trainer.callbacks+=" + '{"class_path": "_steptimer.StepTimer", '
+        f'"init_args": {{"start": {args.warmup}, "steps": {args.steps}}}}}',
+    ]
+    if args.compile is not None:
+        argv += ["--model.compile", "true" if args.compile else "false"]
+    n = len(StepTimer.results)
+    t0 = time.perf_counter()
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees ours too
+    try:
+        cli_main(argv)
+    finally:
+        sys.argv = saved_argv
+    total = time.perf_counter() - t0
+    if len(StepTimer.results) != n + 1:
+        raise RuntimeError("the StepTimer callback did not report: was the fit shorter than warmup + steps?")
+    return summarize(StepTimer.results[-1]["stamps"], t0, time.perf_counter())
+
+
+def summarize(stamps: list[float], t_start: float, t_end: float) -> dict[str, float]:
+    """Window total, median step, and the time outside the window (start-up, compile, tear-down)."""
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    window = stamps[-1] - stamps[0]
+    return {"steps_s": window, "median_step_s": median(steps), "fixed_s": (t_end - t_start) - window}
+
+
+class HandLoop:
+    """The plain PyTorch loop. Data module built once (like side A, whose setup is outside the window)."""
+
+    def __init__(self, args: argparse.Namespace):
+        from resnet_lit.data import CIFARDataModule
+
+        self.args = args
+        self.device = torch.device(args.device)
+        self.dm = CIFARDataModule(str(args.data_root), batch_size=args.batch)
+        self.dm.setup("fit")
+        gpu = self.device.type == "cuda"
+        # The recipe's fast path on a GPU (configs/trainer/gpu.yaml), eager fp32 on a CPU (cpu.yaml).
+        self.bf16 = gpu
+        self.channels_last = gpu
+        self.compile = gpu if args.compile is None else args.compile
+        if gpu:
+            torch.backends.cudnn.benchmark = True
+
+    def run(self) -> dict[str, float]:
+        from resnet_lit.models import create_model
+        from resnet_lit.schedules import ScheduleConfig, lr_factor
+
+        a, dev = self.args, self.device
+        t_start = time.perf_counter()
+        torch.manual_seed(0)
+        model = create_model(a.arch, num_classes=10).to(dev)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                              **({"fused": True} if dev.type == "cuda" else {}))
+        sched_cfg = ScheduleConfig(kind="step", unit="step", milestones=[32000, 48000])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, sched_cfg))
+        model.train()
+        end = a.warmup + a.steps
+        stamps: list[float] = []
+        for i, (x, y) in enumerate(self.dm.train_dataloader()):
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            x = self.dm.transform_batch(x, train=True)  # the same batched pad/crop/flip/mean
+            if a.warmup <= i <= end:
+                stamps.append(self._now())
+            if i == end:
+                break
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if i % 50 == 0:
+                print(f"hand loop step {i} loss {loss.item():.4f}", flush=True)
+        if len(stamps) != a.steps + 1:
+            raise RuntimeError("the training set is shorter than warmup + steps batches")
+        return summarize(stamps, t_start, time.perf_counter())
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--arch", default="resnet20", help="a configs/cifar10/<arch>.yaml recipe")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--pairs", type=int, default=None, help="A/B pairs (default 4, quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed iterations per run (default 20 CPU / 300 GPU, quick 4)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3 CPU / 30 GPU, quick 2)")
+    p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                   help="override the config's compile setting on both sides (true/false)")
+    p.add_argument("--data-root", type=Path, default=None, help="CIFAR-10 archive folder (default .data/ or ../shared/data)")
+    p.add_argument("--target", type=float, default=1.03)
+    args = p.parse_args(argv)
+    gpu = args.device == "cuda"
+    setup_threads(args.threads if args.threads is not None else (None if gpu else 1))
+    args.data_root = args.data_root or default_data_root("cifar10-jpeg")
+    args.pairs = args.pairs or (2 if args.quick else 4)
+    args.steps = args.steps or (4 if args.quick else 300 if gpu else 20)
+    args.warmup = args.warmup or (2 if args.quick else 30 if gpu else 3)
+
+    rep = Report("overhead.py", args, {
+        "device": args.device, "arch": args.arch, "batch": args.batch, "pairs": args.pairs,
+        "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "data_root": str(args.data_root),
+        "order": "alternating A (resnet-lit fit) / B (hand loop), median of per-pair ratios",
+    })
+    print_header(rep)
+    hand = HandLoop(args)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
+        for i in range(args.pairs):
+            a = lightning_run(args, Path(tmp) / f"run{i}")
+            b = hand.run()
+            row = {
+                "pair": i,
+                "ratio": a["median_step_s"] / b["median_step_s"],  # robust to bursts of load from others
+                "ratio_window": a["steps_s"] / b["steps_s"],  # includes every periodic cost, and every burst
+                "lightning_ms_per_step": 1e3 * a["median_step_s"], "hand_ms_per_step": 1e3 * b["median_step_s"],
+                "lightning_window_s": a["steps_s"], "hand_window_s": b["steps_s"],
+                "lightning_fixed_s": a["fixed_s"], "hand_fixed_s": b["fixed_s"],
+            }
+            rows.append(row)
+            rep.append("pairs", row)
+            print(f"pair {i}: resnet-lit fit {row['lightning_ms_per_step']:.1f} ms/step, hand loop "
+                  f"{row['hand_ms_per_step']:.1f} ms/step, ratio {row['ratio']:.4f}", flush=True)
+    ratio = median(r["ratio"] for r in rows)
+    overhead_ms = median(r["lightning_ms_per_step"] - r["hand_ms_per_step"] for r in rows)
+    rep["ratio"] = ratio
+    rep["ratio_window"] = median(r["ratio_window"] for r in rows)
+    rep["overhead_ms_per_step"] = overhead_ms
+    rep["images_per_s"] = {"lightning": args.batch * 1e3 / median(r["lightning_ms_per_step"] for r in rows),
+                           "hand": args.batch * 1e3 / median(r["hand_ms_per_step"] for r in rows)}
+    rep["fixed_cost_s"] = {"lightning": median(r["lightning_fixed_s"] for r in rows),
+                           "hand": median(r["hand_fixed_s"] for r in rows)}
+    rep["target"] = args.target
+    rep["meets_target"] = ratio <= args.target
+    print()
+    print(table(rows, ["pair", "lightning_ms_per_step", "hand_ms_per_step", "ratio", "ratio_window", "lightning_fixed_s", "hand_fixed_s"]))
+    print(f"\nratio (median over {len(rows)} pairs of median step times) = {ratio:.4f}  (target <= {args.target}); "
+          f"window-total ratio {rep.data['ratio_window']:.4f}; Lightning overhead {overhead_ms:+.2f} ms/step; "
+          f"time outside the window per run (start-up, warm-up, tear-down): "
+          f"{rep.data['fixed_cost_s']['lightning']:.1f} s (resnet-lit fit) vs {rep.data['fixed_cost_s']['hand']:.1f} s (hand)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
