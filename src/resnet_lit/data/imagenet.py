@@ -218,6 +218,8 @@ class ImageNetDataModule(L.LightningDataModule):
         if isinstance(batch, (list, tuple)) and len(batch) == 3:
             x, target, bad = batch
             self._count_skipped(bad)
+            if isinstance(target, tuple):  # predict: default_collate gives the paths as a tuple
+                target = list(target)
             return x, target
         return batch
 
