@@ -101,8 +101,7 @@ def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None) -> None:
         run_id = _wandb_id_from_checkpoint(ckpt_path) if ckpt_path else None
         if run_id:
             args.id = run_id
-            extra = dict(getattr(args, "dict_kwargs", None) or {})
-            args.dict_kwargs = {**extra, "resume": "allow"}
+            args.resume = "allow"  # a WandbLogger parameter; a dict_kwargs entry fails config validation
 
 
 def _wandb_id_from_checkpoint(path: str) -> str | None:
