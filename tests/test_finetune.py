@@ -129,3 +129,38 @@ def test_finetune_10_to_5_classes_with_frozen_backbone(imagewoof_root: Path, tmp
         else:
             assert torch.equal(start.state[k], v), f"{k} not loaded from the checkpoint"
             assert torch.equal(end[k], v), f"frozen {k} changed during training"
+
+
+def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp_path: Path, repo_root: Path) -> None:
+    """configs/finetune/imagewoof_r18.yaml end to end through `resnet-lit fit`: torchvision weights (1000
+    classes) into a 10-class net, stem and stage 1 frozen, a real step on real photographs."""
+    import torchvision
+
+    from resnet_lit.checkpoints import load_state_dict_file
+    from resnet_lit.cli import main
+
+    tv = torchvision.models.resnet18(weights=None)
+    tv.train()
+    with torch.no_grad():
+        tv(real_batch(imagewoof_root, n=4, size=64))
+    torch.save(tv.state_dict(), weights := tmp_path / "resnet18_tv.pth")
+    root = tmp_path / "woof"
+    extract_folder(imagewoof_root, root / "train", per_class=1, split="train")
+    extract_folder(imagewoof_root, root / "val", per_class=1, split="val")
+    run_dir = tmp_path / "run"
+    main([
+        "fit", "--config", str(repo_root / "configs/finetune/imagewoof_r18.yaml"),
+        "--config", str(repo_root / "configs/trainer/cpu.yaml"),
+        "--model.init_weights", str(weights), "--data.root", str(root), "--data.batch_size", "5",
+        "--data.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--run_dir", str(run_dir),
+    ])  # fmt: skip
+    state, metadata = load_state_dict_file(run_dir / "checkpoints" / "last.ckpt")
+    assert metadata["hparams"]["freeze"] == "stage1" and metadata["hparams"]["optimizer"]["backbone_lr_scale"] == 0.1
+    assert metadata["class_names"] == sorted(p.name for p in (root / "train").iterdir())
+    src = tv.state_dict()
+    assert state["fc.weight"].shape == (10, 512)
+    for k, v in state.items():
+        if k.startswith(("conv1.", "bn1.", "layer1.")):
+            assert torch.equal(v, src[k]), f"frozen {k} changed"
+    assert not torch.equal(state["layer4.1.conv2.weight"], src["layer4.1.conv2.weight"])  # trained, at 0.1 x lr
