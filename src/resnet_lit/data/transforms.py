@@ -90,16 +90,17 @@ def pca_lighting(x: torch.Tensor, std: float = 0.1, generator: torch.Generator |
 
 
 # ---------------------------------------------------------------- per-image callables (workers)
-def _draft(img: Image.Image, scale: float) -> tuple[Image.Image, float]:
+def _draft(img: Image.Image, scale: float) -> tuple[Image.Image, float, float]:
     """Let the JPEG decoder shrink by 1/2, 1/4 or 1/8 while staying >= ``scale`` of full size.
 
-    Returns the image and the factor by which its size now differs from the original.
+    Returns the image and the factors (x, y) by which its size now differs from the original
+    (they differ slightly: the decoder rounds each side up).
     """
     if img.format == "JPEG" and scale < 0.5:
         w, h = img.size
         img.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
-        return img, img.size[0] / w
-    return img, 1.0
+        return img, img.size[0] / w, img.size[1] / h
+    return img, 1.0, 1.0
 
 
 def open_lazy(data: bytes, name: str) -> Image.Image:
@@ -121,10 +122,12 @@ def resize_region(
     left, top, right, bottom = box
     scale = min(size[0] / max(right - left, 1e-6), size[1] / max(bottom - top, 1e-6))
     try:
-        img, k = _draft(img, scale)
+        img, kx, ky = _draft(img, scale)
         if img.mode != "RGB":
             img = img.convert("RGB")  # greyscale, CMYK, palette -> 3 channels (also forces the decode)
-        out = img.resize(size, Image.BILINEAR, box=(left * k, top * k, right * k, bottom * k), reducing_gap=None)
+        w, h = img.size
+        box = (max(0.0, left * kx), max(0.0, top * ky), min(w, right * kx), min(h, bottom * ky))
+        out = img.resize(size, Image.BILINEAR, box=box, reducing_gap=None)
     except Exception as exc:  # truncated or corrupt data surfaces here, at decode time
         raise BadImageError(bad_image_message(name, f"{type(exc).__name__}: {exc}")) from exc
     return pil_to_tensor(out)
