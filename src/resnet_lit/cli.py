@@ -94,6 +94,7 @@ def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None) -> None:
     name = class_path.rsplit(".", 1)[-1]
     if name == "CSVLogger":
         args.save_dir, args.name, args.version = str(run_dir), "", ""
+        logger.class_path = "resnet_lit.csv_logger.ResumableCSVLogger"  # Lightning's deletes metrics.csv on resume
     elif name == "TensorBoardLogger":
         args.save_dir, args.name, args.version = str(run_dir), "tensorboard", ""
     elif name == "WandbLogger":
