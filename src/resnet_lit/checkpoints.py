@@ -73,6 +73,7 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        detail = detail.split(". Please use", 1)[0]  # not torch's advice to allow-list what the file asks for
         raise UnsafeCheckpointError(
             f"Refusing to load {path}: it is a pickle that needs more than tensors and plain containers to be "
             f"read ({detail.strip()}). Unpickling such a file can run arbitrary code, so resnet-lit only loads "
