@@ -3,6 +3,7 @@ bit-exact continuation after SIGKILL (through the real CLI on real CIFAR-10 imag
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,3 +111,45 @@ def test_sigkill_during_write_never_corrupts(tmp_path: Path) -> None:
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
     assert len(leftovers) == 1  # the killed write's temp file, never matched as a checkpoint
     assert not leftovers[0].endswith(".ckpt")
+
+
+# ------------------------------------------------ bit-exact resume through the real CLI (SIGKILL)
+def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(repo_root / "tests"), env.get("PYTHONPATH", "")]))
+    cmd = [
+        str(Path(sys.executable).parent / "resnet-lit"), "fit",
+        "--config", "configs/cifar10/resnet20.yaml", "--config", "configs/trainer/cpu.yaml",
+        "--data.root", str(cifar_root), "--data.subset", "128", "--data.batch_size", "32",
+        "--model.width", "0.25", "--trainer.max_steps", "8", "--trainer.deterministic", "true",
+        "--run_dir", str(run_dir),
+        # Lightning 2.6 refreshes last.ckpt only when a monitored checkpoint is saved at that step;
+        # without a monitor every epoch's checkpoint (and so last.ckpt) is written.
+        "--checkpoint.monitor", "null", *extra,
+    ]
+    return subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "open (issue 5): same global_step/scheduler state after resume but weights differ; the resumed run "
+    "replays the end of epoch 0 (epoch_progress.processed 3 vs 2) - cause of the divergence not yet found"))
+def test_sigkill_at_epoch_boundary_then_resume_is_bit_identical(repo_root: Path, cifar_root: Path, tmp_path: Path) -> None:
+    ref = _fit(repo_root, cifar_root, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # 128 images / 32 = 4 steps an epoch; killed as step 5 begins, after epoch 0's last.ckpt.
+    kill = json.dumps({"class_path": "scale_helpers.KillAtStep", "init_args": {"step": 4}})
+    killed = _fit(repo_root, cifar_root, tmp_path / "run", f"--trainer.callbacks+={kill}")
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = _fit(repo_root, cifar_root, tmp_path / "run", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "ref/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert different == []  # weights, BN statistics: bit-identical
+    ma = a["optimizer_states"][0]["state"]
+    mb = b["optimizer_states"][0]["state"]
+    assert all(torch.equal(ma[i]["momentum_buffer"], mb[i]["momentum_buffer"]) for i in ma)
