@@ -114,6 +114,22 @@ def test_center_crop_matches_torchvision_preset(woof: ImageNetDataModule) -> Non
     assert (ours.float() - ref.float()).abs().mean() < 3  # crop-then-resize: same pixels up to interpolation
 
 
+def test_large_jpeg_decodes_at_reduced_size_correctly(woof: ImageNetDataModule) -> None:
+    """A 1024 px image takes the PIL draft path (decoding at 1/2 size): same view as the preset."""
+    from torchvision import transforms as T
+
+    path = woof.val_set.samples[7][0]
+    img = Image.open(path).convert("RGB")
+    f = 1024 / min(img.size)
+    big = img.resize((round(img.size[0] * f), round(img.size[1] * f)), Image.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=95)
+    ours = CenterCrop()(buf.getvalue(), "big.jpg")
+    ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])(big)
+    assert ours.shape == (3, 224, 224)
+    assert (ours.float() - ref.float()).abs().mean() < 4
+
+
 def test_pca_lighting_shifts_each_image_by_one_colour() -> None:
     x = torch.rand(64, 3, 8, 8)
     out = pca_lighting(x, std=0.1, generator=torch.Generator().manual_seed(0))

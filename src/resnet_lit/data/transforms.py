@@ -7,9 +7,9 @@ Two kinds, split by where they run:
   Workers then ship uint8 (4x fewer bytes than float) and the GPU does the arithmetic.
 * per-image callables, run in DataLoader workers, that decode and crop one ImageNet image to
   uint8: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
-  ``MultiScale``. They crop *before* resizing (PIL ``resize(box=...)``) and let the JPEG decoder
-  drop resolution it will not need (PIL ``draft``), which is why they beat torchvision's
-  resize-then-crop presets (figures in docs/data.md).
+  ``MultiScale``. They crop *before* resizing, decode JPEG with libjpeg-turbo straight into a
+  tensor, and for large images let PIL's JPEG decoder drop resolution it will not need
+  (``draft``), which is why they beat torchvision's resize-then-crop presets (docs/data.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .decode import BadImageError, bad_image_message, pil_to_tensor
+import torchvision.transforms.v2.functional as TF
+
+from .decode import BadImageError, bad_image_message, decode_rgb, pil_to_tensor, torchvision_jpeg_available
 
 # ImageNet RGB statistics on the 0..1 scale (the values torchvision's weights were trained with).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,13 +116,23 @@ def open_lazy(data: bytes, name: str) -> Image.Image:
 
 
 def resize_region(
-    img: Image.Image, name: str, box: tuple[float, float, float, float], size: tuple[int, int]
+    img: Image.Image, name: str, box: tuple[float, float, float, float], size: tuple[int, int], data: bytes | None = None
 ) -> torch.Tensor:
     """Resize the region ``box`` (left, top, right, bottom; full-resolution pixels) of a lazily
-    opened image to ``size`` (w, h) -> RGB uint8 [3, h, w]; decodes at reduced size when the
-    output needs less than half the resolution."""
+    opened image to ``size`` (w, h) -> RGB uint8 [3, h, w].
+
+    Two paths, whichever is faster (docs/data.md): when the output needs at least half the
+    resolution, torchvision's libjpeg-turbo decoder and an antialiased tensor resize of the crop
+    (``data`` must be the JPEG bytes); when it needs less, PIL decoding at 1/2..1/8 size (``draft``).
+    """
     left, top, right, bottom = box
     scale = min(size[0] / max(right - left, 1e-6), size[1] / max(bottom - top, 1e-6))
+    if data is not None and scale >= 0.5 and img.format == "JPEG" and torchvision_jpeg_available():
+        x = decode_rgb(data, name)  # [3, H, W] uint8; BadImageError names the file
+        h, w = x.shape[-2:]
+        t, l = min(max(0, round(top)), h - 1), min(max(0, round(left)), w - 1)
+        b, r = max(t + 1, min(h, round(bottom))), max(l + 1, min(w, round(right)))
+        return TF.resize(x[:, t:b, l:r], [size[1], size[0]], antialias=True)
     try:
         img, kx, ky = _draft(img, scale)
         if img.mode != "RGB":
@@ -135,8 +147,8 @@ def resize_region(
 
 def crop_resize(data: bytes, name: str, box_fn, size: tuple[int, int]) -> torch.Tensor:
     """Decode ``data`` and resize the region ``box_fn(w, h)`` to ``size`` (w, h) -> uint8 [3, h, w]."""
-    img = open_lazy(data, name)
-    return resize_region(img, name, box_fn(*img.size), size)
+    img = open_lazy(data, name)  # reads the header only: the size, for the box
+    return resize_region(img, name, box_fn(*img.size), size, data)
 
 
 class PaperTrainTransform:
@@ -225,7 +237,7 @@ class TenCrop:
         w, h = img.size
         f = self.resize / min(w, h)
         size = (max(self.crop, round(w * f)), max(self.crop, round(h * f)))
-        full = resize_region(img, name, (0, 0, w, h), size)  # [3, H, W], shorter side = resize
+        full = resize_region(img, name, (0, 0, w, h), size, data)  # [3, H, W], shorter side = resize
         c, (hh, ww) = self.crop, full.shape[-2:]
         tops = (0, 0, hh - c, hh - c, (hh - c) // 2)
         lefts = (0, ww - c, 0, ww - c, (ww - c) // 2)
