@@ -44,7 +44,10 @@ def _rewrap(ckpt: Path, out: Path, prefix_from: str, prefix_to: str) -> Path:
     return out
 
 
-SOURCES = ["lightning", "lightning_compiled", "lightning_ddp", "state_dict_pt", "nested_state_dict", "nested_model", "ddp_state_dict", "safetensors"]
+SOURCES = [
+    "lightning", "lightning_compiled", "lightning_ddp", "state_dict_pt", "legacy_format",
+    "nested_state_dict", "nested_model", "ddp_state_dict", "safetensors",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -62,6 +65,8 @@ def test_each_source_gives_identical_logits(source: str, tmp_path: Path, images:
             path = _rewrap(path, tmp_path / "ddp.ckpt", "model.", "module.model.")
     elif source == "state_dict_pt":
         torch.save(sd, path := tmp_path / "w.pt")
+    elif source == "legacy_format":  # torch < 1.6 files: not a zip, so no mmap
+        torch.save(sd, path := tmp_path / "w.pth", _use_new_zipfile_serialization=False)
     elif source == "nested_state_dict":
         torch.save({"state_dict": sd, "epoch": 7}, path := tmp_path / "w.pth")
     elif source == "nested_model":

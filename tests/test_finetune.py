@@ -164,3 +164,37 @@ def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp
         if k.startswith(("conv1.", "bn1.", "layer1.")):
             assert torch.equal(v, src[k]), f"frozen {k} changed"
     assert not torch.equal(state["layer4.1.conv2.weight"], src["layer4.1.conv2.weight"])  # trained, at 0.1 x lr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compile + bf16-mixed + channels_last)")
+@pytest.mark.parametrize(("freeze", "frozen"), [("backbone", ("conv1.", "bn1.", "layer")), ("stage2", ("conv1.", "bn1.", "layer1.", "layer2."))])
+def test_frozen_bn_with_compile_bf16_on_gpu(freeze: str, frozen: tuple[str, ...], imagewoof_root: Path, tmp_path: Path) -> None:
+    """The GPU recipe (compiled backbone, bf16-mixed, channels_last): frozen parts bit-identical after
+    steps and validation, the rest trained, and the checkpoint exports."""
+    from resnet_lit.export import main as export_main
+
+    source = ImageClassifier(arch="resnet18", num_classes=10)
+    source.model.train()
+    with torch.no_grad():
+        source.model(real_batch(imagewoof_root, n=4, size=64))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(ckpt := tmp_path / "src.ckpt")
+    src = _snapshot(source.model)
+    root = tmp_path / "woof"
+    extract_folder(imagewoof_root, root / "train", per_class=4, split="train")
+    extract_folder(imagewoof_root, root / "val", per_class=2, split="val")
+    data = ImageNetDataModule(str(root), batch_size=8, num_workers=2, augmentation="modern")
+    model = ImageClassifier(arch="resnet18", num_classes=10, init_weights=str(ckpt), freeze=freeze, compile=True, channels_last=True)
+    trainer = pl.Trainer(
+        accelerator="gpu", devices=1, precision="bf16-mixed", max_epochs=2, limit_train_batches=3, limit_val_batches=1,
+        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path / "run"),
+    )
+    trainer.fit(model, datamodule=data)
+    end = {k: v.detach().cpu() for k, v in model.model.state_dict().items()}
+    assert set(end) == set(src)  # compiled in place: no _orig_mod. keys
+    assert [k for k in src if k.startswith(frozen) and not torch.equal(end[k], src[k])] == []
+    assert not torch.equal(end["fc.weight"], src["fc.weight"])
+    last = next((tmp_path / "run").rglob("*.ckpt"))
+    assert export_main([str(last), "--format", "pt2", "--image-size", "64", "-o", str(tmp_path / "m.pt2")]) == 0
