@@ -262,30 +262,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_header(rep)
     rows: list[dict] = []
-    for name, batch, size in models:
-        for s in settings:
-            for task in tasks:
-                fn = bench_train if task == "train" else bench_infer
-                rec: dict[str, Any] = {"model": name, "batch": batch, "image_size": size, "setting": s.name, "task": task}
-                skips0 = cudagraph_skips()
-                try:
-                    rec.update(fn(name, batch, size, s, device, warmup, steps))
-                except Exception as e:  # one failing setting (e.g. compile on an old stack) must not lose the rest
-                    rec.update({"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}", "images_per_s": None})
-                if s.compile_mode and "reduce-overhead" in s.compile_mode:
-                    rec["cudagraph_skips"] = cudagraph_skips() - skips0
-                rows.append(rec)
-                rep.append("results", rec)
-                err = f"  ERROR {rec['error']}" if "error" in rec else ""
-                ips = rec.get("images_per_s")
-                print(f"{name:>9} b{batch:<4} {s.name:<34} {task:<5} "
-                      f"{(f'{ips:10,.1f} img/s' if ips else '          -'):>16}  warmup {rec.get('warmup_s', 0):6.1f} s"
-                      f"  peak {rec.get('peak_mem_mib') or 0:8,.0f} MiB{err}", flush=True)
-                if "compile" in s.name:
-                    torch._dynamo.reset()  # a fresh compile cache for the next measurement
-                gc.collect()
-                if gpu:
-                    torch.cuda.empty_cache()
+    cases = [(m, st, t) for m in models for st in settings for t in tasks]
+    for (name, batch, size), s, task in cases:
+        fn = bench_train if task == "train" else bench_infer
+        rec: dict[str, Any] = {"model": name, "batch": batch, "image_size": size, "setting": s.name, "task": task}
+        skips0 = cudagraph_skips()
+        interrupted = False
+        try:
+            rec.update(fn(name, batch, size, s, device, warmup, steps))
+        except KeyboardInterrupt:  # gpu.sh's time limit (SIGINT): keep what was measured
+            rec.update({"error": "interrupted (time limit)", "images_per_s": None})
+            interrupted = True
+        except Exception as e:  # one failing setting (e.g. compile on an old stack) must not lose the rest
+            rec.update({"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}", "images_per_s": None})
+        if s.compile_mode and "reduce-overhead" in s.compile_mode:
+            rec["cudagraph_skips"] = cudagraph_skips() - skips0
+        rows.append(rec)
+        rep.append("results", rec)
+        err = f"  ERROR {rec['error']}" if "error" in rec else ""
+        ips = rec.get("images_per_s")
+        print(f"{name:>9} b{batch:<4} {s.name:<34} {task:<5} "
+              f"{(f'{ips:10,.1f} img/s' if ips else '          -'):>16}  warmup {rec.get('warmup_s', 0):6.1f} s"
+              f"  peak {rec.get('peak_mem_mib') or 0:8,.0f} MiB{err}", flush=True)
+        if interrupted:
+            break
+        if "compile" in s.name:
+            torch._dynamo.reset()  # a fresh compile cache for the next measurement
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
     print()
     print(table(rows, ["model", "batch", "image_size", "setting", "task", "images_per_s", "ms_per_step", "warmup_s", "peak_mem_mib"]))
     if args.out:

@@ -51,6 +51,8 @@ def lightning_run(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
     ]
     if args.compile is not None:
         argv += ["--model.compile", "true" if args.compile else "false"]
+    if args.width != 1.0:
+        argv += ["--model.width", str(args.width)]
     n = len(StepTimer.results)
     t0 = time.perf_counter()
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees ours too
@@ -96,7 +98,7 @@ class HandLoop:
         a, dev = self.args, self.device
         t_start = time.perf_counter()
         torch.manual_seed(0)
-        model = create_model(a.arch, num_classes=10).to(dev)
+        model = create_model(a.arch, num_classes=10, width=a.width).to(dev)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.compile:
@@ -136,6 +138,38 @@ class HandLoop:
         return time.perf_counter()
 
 
+def profile_lightning(args: argparse.Namespace, rep: Report) -> None:
+    """cProfile of one more fit, limited to the training steps' own functions, by cumulative time
+    per step: where the framework's per-step time goes (hooks, logging, metrics, optimiser)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    with tempfile.TemporaryDirectory(prefix="overhead-prof-") as tmp:
+        prof.enable()
+        lightning_run(args, Path(tmp) / "run")
+        prof.disable()
+    steps = args.warmup + args.steps + 1
+    stats = pstats.Stats(prof)
+    keys = ("training_step", "on_after_batch_transfer", "update", "log", "optimizer_step", "step", "backward",
+            "on_train_batch_start", "on_train_batch_end", "_call_callback_hooks", "_call_lightning_module_hook",
+            "forward", "__call__", "advance", "run", "closure", "zero_grad", "lr_lambda", "<lambda>")
+    rows = []
+    for (file, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
+        if nc >= steps and func in keys and ("lightning" in file or "resnet_lit" in file or "torchmetrics" in file or "torch/optim" in file):
+            rows.append({"function": f"{Path(file).parent.name}/{Path(file).name}:{line} {func}", "calls": nc,
+                         "ms_per_step_cumulative": 1e3 * ct / steps, "ms_per_step_own": 1e3 * tt / steps})
+    rows.sort(key=lambda r: -r["ms_per_step_cumulative"])
+    rows = rows[: args.profile]
+    rep["profile"] = rows
+    print("\nprofile of one resnet-lit fit (cProfile inflates Python-heavy code; compare rows, not totals):")
+    print(table(rows, ["function", "calls", "ms_per_step_cumulative", "ms_per_step_own"]))
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(40)
+    rep["profile_text"] = out.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -149,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="override the config's compile setting on both sides (true/false)")
     p.add_argument("--data-root", type=Path, default=None, help="CIFAR-10 archive folder (default .data/ or ../shared/data)")
     p.add_argument("--target", type=float, default=1.03)
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel multiplier on both sides; e.g. 0.0625 with --batch 8 makes compute negligible, "
+                        "so the step times show the framework's own per-step cost (what matters on a GPU)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the pairs, profile one more resnet-lit fit (cProfile) and print its top N functions")
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
     setup_threads(args.threads if args.threads is not None else (None if gpu else 1))
@@ -159,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rep = Report("overhead.py", args, {
         "device": args.device, "arch": args.arch, "batch": args.batch, "pairs": args.pairs,
-        "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "data_root": str(args.data_root),
+        "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "width": args.width,
+        "threads": torch.get_num_threads(), "data_root": str(args.data_root),
         "order": "alternating A (resnet-lit fit) / B (hand loop), median of per-pair ratios",
     })
     print_header(rep)
@@ -192,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                            "hand": median(r["hand_fixed_s"] for r in rows)}
     rep["target"] = args.target
     rep["meets_target"] = ratio <= args.target
+    if args.profile:
+        profile_lightning(args, rep)
     print()
     print(table(rows, ["pair", "lightning_ms_per_step", "hand_ms_per_step", "ratio", "ratio_window", "lightning_fixed_s", "hand_fixed_s"]))
     print(f"\nratio (median over {len(rows)} pairs of median step times) = {ratio:.4f}  (target <= {args.target}); "
