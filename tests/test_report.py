@@ -154,3 +154,13 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert expected in err and str(path) in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "errors.md").exists()
+
+
+def test_runs_of_different_lengths_are_compared_at_a_common_iteration(tmp_path: Path) -> None:
+    # resnet20 finished 4 epochs; plain56 was cut after 2 (a time limit): compare at iteration 100
+    write_run(tmp_path / "resnet20", "resnet20", [70.0, 50.0, 40.0, 30.0], [72.0, 55.0, 45.0, 35.0], max_steps=4 * STEPS_PER_EPOCH)
+    write_run(tmp_path / "plain56", "plain56", [85.0, 80.0], [88.0, 84.0], max_steps=4 * STEPS_PER_EPOCH)
+    table = report.error_table(report.load_runs([tmp_path / "resnet20", tmp_path / "plain56"]))
+    assert "Training error % at iteration 100, the last one every cifar10 run reached: plain56 80.00, resnet20 50.00." in table
+    rows = _table_rows(table)
+    assert rows["plain56"][3].startswith("no") and rows["resnet20"][3] == "yes"

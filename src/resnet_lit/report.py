@@ -334,10 +334,36 @@ def error_table(runs: list[Run]) -> str:
     lines.append("")
     lines.append("Errors are top-1 in percent. Steps = optimiser steps logged. Paper: "
                  + "; ".join(f"{f}: {PAPER_SOURCE[f]}" for f in families) + ("." if families else "none for these archs."))
+    common = common_step_errors(runs)
+    if common:
+        lines.append("")
+        lines.extend(common)
     if notes:
         lines.append("")
         lines.extend(notes)
     return "\n".join(lines) + "\n"
+
+
+def _at_step(series: list[tuple[int, float]], step: int) -> float | None:
+    """The last value logged at or before `step` (series are in logging order)."""
+    values = [v for s, v in series if s <= step]
+    return values[-1] if values else None
+
+
+def common_step_errors(runs: list[Run]) -> list[str]:
+    """When the runs of a family stopped at different iterations (one still going, one cut by a
+    time limit), their final errors are not comparable: compare them at the last iteration where
+    every run logged a training error."""
+    lines = []
+    for family in sorted({r.family for r in runs}):
+        family_runs = sorted((r for r in runs if r.family == family), key=_sort_key)
+        trains = [r.column(TRAIN_ERROR) for r in family_runs]
+        if len(family_runs) < 2 or not all(trains) or len({t[-1][0] for t in trains}) == 1:
+            continue
+        step = min(t[-1][0] for t in trains)
+        values = ", ".join(f"{r.name} {_fmt(_at_step(t, step))}" for r, t in zip(family_runs, trains))
+        lines.append(f"Training error % at iteration {step + 1}, the last one every {family} run reached: {values}.")
+    return lines
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
