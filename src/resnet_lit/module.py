@@ -97,10 +97,9 @@ class ImageClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.init_weights and self.trainer.ckpt_path is None:
             # A resume (--ckpt_path) restores its own weights right after this hook.
-            from resnet_lit.checkpoints import load_into, load_state_dict_file
+            from resnet_lit.checkpoints import load_weights
 
-            state_dict, metadata = load_state_dict_file(self.hparams.init_weights)
-            load_into(self.model, state_dict, metadata)
+            load_weights(self.model, self.hparams.init_weights)  # errors name the file
             rank_zero_info(f"initial weights from {self.hparams.init_weights}")
         if self.hparams.freeze != "none":
             apply_freeze(self.model, self.hparams.freeze)
