@@ -198,3 +198,14 @@ def test_frozen_bn_with_compile_bf16_on_gpu(freeze: str, frozen: tuple[str, ...]
     assert not torch.equal(end["fc.weight"], src["fc.weight"])
     last = next((tmp_path / "run").rglob("*.ckpt"))
     assert export_main([str(last), "--format", "pt2", "--image-size", "64", "-o", str(tmp_path / "m.pt2")]) == 0
+
+
+def test_init_weights_mismatch_names_the_file(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights := tmp_path / "r18.pth")
+    model = ImageClassifier(arch="resnet34", num_classes=10, init_weights=str(weights))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    model.trainer = trainer  # what Trainer.fit does before calling setup("fit")
+    with pytest.raises(ValueError, match=rf"weights in {weights} do not fit the model resnet34:(.|\n)*The file looks like: resnet18"):
+        model.setup("fit")
