@@ -258,3 +258,35 @@ def test_datamodule_loaders_shard_per_rank(cifar_holdout: CIFARDataModule) -> No
         cifar_holdout.trainer = None
     assert not seen[0] & seen[1]
     assert sorted(seen["val0"] + seen["val1"]) == list(range(5000))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augmentation_and_data_on_cuda(cifar_root, cifar_cache) -> None:
+    import lightning as L
+
+    class Probe(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+            self.devices = set()
+
+        def training_step(self, batch, i):
+            x, y = batch
+            self.devices.add((x.device.type, x.dtype, y.device.type))
+            return torch.nn.functional.cross_entropy(self.fc(x.flatten(1)), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    for on_device in (False, True):
+        dm = CIFARDataModule(str(cifar_root), batch_size=64, subset=256, cache_dir=str(cifar_cache), data_on_device=on_device)
+        probe = Probe()
+        L.Trainer(max_epochs=1, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1).fit(probe, datamodule=dm)
+        assert probe.devices == {("cuda", torch.float32, "cuda")}
+        assert dm.train_set.x.device.type == ("cuda" if on_device else "cpu")
+    x8 = dm.train_set.x[:512]
+    out = dm.transform_batch(x8, train=True)
+    dy, dx, fl = _recover_views(normalize(x8, dm.mean).cpu(), out.cpu())
+    assert bool((dy >= 0).all()) and 0.4 < fl.float().mean() < 0.6

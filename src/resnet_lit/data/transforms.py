@@ -5,8 +5,8 @@ Two kinds, split by where they run:
 * batch functions on tensors, run on the accelerator after the batch is transferred (the
   DataModules' ``on_after_batch_transfer``): ``normalize``, ``cifar_augment``, ``pca_lighting``.
   Workers then ship uint8 (4x fewer bytes than float) and the GPU does the arithmetic.
-* per-image callables, run in DataLoader workers, that decode and crop one ImageNet image to
-  uint8: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
+* per-image callables ``(bytes or path, name) -> uint8``, run in DataLoader workers, that decode
+  and crop one ImageNet image: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
   ``MultiScale``. They crop *before* resizing, decode JPEG with libjpeg-turbo straight into a
   tensor, and for large images let PIL's JPEG decoder drop resolution it will not need
   (``draft``), which is why they beat torchvision's resize-then-crop presets (docs/data.md).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import random
 from collections.abc import Sequence
 
@@ -145,8 +146,21 @@ def resize_region(
     return pil_to_tensor(out)
 
 
+def as_bytes(data: bytes | str | os.PathLike, name: str) -> tuple[bytes, str]:
+    """The transforms take encoded bytes (what workers read) or, for convenience, a file path."""
+    if isinstance(data, (str, os.PathLike)):
+        name = str(data)
+        try:
+            with open(data, "rb") as f:
+                return f.read(), name
+        except OSError as exc:
+            raise BadImageError(bad_image_message(name, f"cannot read it ({exc})")) from exc
+    return data, name
+
+
 def crop_resize(data: bytes, name: str, box_fn, size: tuple[int, int]) -> torch.Tensor:
     """Decode ``data`` and resize the region ``box_fn(w, h)`` to ``size`` (w, h) -> uint8 [3, h, w]."""
+    data, name = as_bytes(data, name)
     img = open_lazy(data, name)  # reads the header only: the size, for the box
     return resize_region(img, name, box_fn(*img.size), size, data)
 
@@ -233,6 +247,7 @@ class TenCrop:
         self.resize, self.crop = resize, crop
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        data, name = as_bytes(data, name)
         img = open_lazy(data, name)
         w, h = img.size
         f = self.resize / min(w, h)
