@@ -100,6 +100,8 @@ class ImageNetDataModule(L.LightningDataModule):
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalization == "mean_std" else None
         self._classes: list[str] | None = None
         self._splits: dict[str, list[tuple[str, int]]] = {}
+        self._scan_done: set[str] = set()
+        self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.num_skipped = 0  # bad images met so far (skip mode), summed over workers
 
     # ------------------------------------------------------------------ files
@@ -143,7 +145,7 @@ class ImageNetDataModule(L.LightningDataModule):
 
     def _scanned(self, split: str) -> list[tuple[str, int]]:
         samples = self._samples(split)
-        if not self.scan:
+        if not self.scan or split in self._scan_done:
             return samples
         bad = scan_files([p for p, _ in samples], self.num_workers)
         if bad and self.on_bad_image != "skip":
@@ -155,6 +157,8 @@ class ImageNetDataModule(L.LightningDataModule):
             self.num_skipped += len(bad)
             drop = {i for i, _ in bad}
             samples = [s for i, s in enumerate(samples) if i not in drop]
+        self._splits[split] = samples
+        self._scan_done.add(split)  # setup() runs again for test/predict: scan each split once
         return samples
 
     def setup(self, stage: str | None = None) -> None:
@@ -197,11 +201,14 @@ class ImageNetDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ on the device
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 [..., 3, H, W] on any device -> float32: PCA colour noise (``train``), then normalisation."""
+        if x.device not in self._stats_on:  # copy the statistics to each device once, not every step
+            self._stats_on[x.device] = (self.mean.to(x.device), None if self.std is None else self.std.to(x.device))
+        mean, std = self._stats_on[x.device]
         out = x.to(torch.float32).div_(255)
         if train and self.lighting > 0:
             out = pca_lighting(out, std=self.lighting)
-        out = out.sub_(self.mean.to(out.device))
-        return out.div_(self.std.to(out.device)) if self.std is not None else out
+        out = out.sub_(mean)
+        return out.div_(std) if std is not None else out
 
     def _count_skipped(self, bad: torch.Tensor) -> None:
         n = int(bad.sum())

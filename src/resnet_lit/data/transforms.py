@@ -14,6 +14,7 @@ Two kinds, split by where they run:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -79,14 +80,18 @@ def cifar_train_batch(x: torch.Tensor, mean: torch.Tensor, pad: int = 4) -> torc
     return cifar_augment(normalize(x, mean), pad=pad)
 
 
+@functools.lru_cache(maxsize=8)
+def _pca_tensors(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(PCA_EIGVAL, device=device), torch.tensor(PCA_EIGVEC, device=device)
+
+
 def pca_lighting(x: torch.Tensor, std: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
     """AlexNet colour augmentation on a float batch [B, 3, H, W] on the 0..1 scale (before normalising).
 
     Adds ``eigvec @ (alpha * eigval)`` to every pixel, ``alpha ~ N(0, std)`` per image and component.
     """
     b = x.shape[0]
-    eigval = torch.tensor(PCA_EIGVAL, device=x.device)
-    eigvec = torch.tensor(PCA_EIGVEC, device=x.device)
+    eigval, eigvec = _pca_tensors(x.device)
     alpha = torch.randn(b, 3, device=x.device, generator=generator) * std
     rgb = (alpha * eigval) @ eigvec.T  # [B, 3]: rgb[b, i] = sum_j eigvec[i, j] alpha[b, j] eigval[j]
     return x + rgb.view(b, 3, 1, 1).to(x.dtype)
@@ -114,6 +119,8 @@ def open_lazy(data: bytes, name: str) -> Image.Image:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise BadImageError(bad_image_message(name, "not an image (no known image format in its bytes)")) from exc
+    except Exception as exc:  # broken headers, decompression bombs
+        raise BadImageError(bad_image_message(name, f"{type(exc).__name__}: {exc}")) from exc
 
 
 def resize_region(
