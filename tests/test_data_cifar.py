@@ -240,6 +240,23 @@ def test_sharding_world_size_two() -> None:
     assert sorted(e0.tolist() + e1.tolist()) == list(range(n))
 
 
+def test_lightning_ddp_leaves_our_sampler_in_place() -> None:
+    """With use_distributed_sampler=True (the default) under DDP, Lightning replaces a plain
+    sampler by a DistributedSampler (which pads evaluation shards) but keeps ours."""
+    import lightning as L
+    from lightning.pytorch.trainer.states import RunningStage
+    from torch.utils.data import DataLoader, TensorDataset
+
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # nothing launched yet
+    ds = TensorDataset(torch.arange(10))
+    ours = DataLoader(ds, sampler=ShardSampler(10, rank=0, world_size=2, shuffle=True), batch_size=2)
+    plain = DataLoader(ds, batch_size=2, shuffle=True)
+    for mode in (RunningStage.TRAINING, RunningStage.VALIDATING):
+        assert trainer._data_connector._prepare_dataloader(ours, shuffle=True, mode=mode) is ours
+    wrapped = trainer._data_connector._prepare_dataloader(plain, shuffle=True, mode=RunningStage.TRAINING)
+    assert wrapped is not plain and type(wrapped.sampler) is DistributedSampler
+
+
 def test_datamodule_loaders_shard_per_rank(cifar_holdout: CIFARDataModule) -> None:
     seen = {}
     try:
