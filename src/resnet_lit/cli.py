@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 
-from resnet_lit.callbacks import Throughput, progress_bar
+from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
 from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter
 from resnet_lit.checkpoint_io import AtomicCheckpointIO
@@ -49,7 +51,7 @@ class ResNetCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/error",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": False,  # last.ckpt has its own callback: see instantiate_trainer
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{epoch:03d}-{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
@@ -77,8 +79,30 @@ class ResNetCLI(LightningCLI):
             _fail(f"--ckpt_path {ckpt_path}: no such file.")
         if self.subcommand == "fit" and not ckpt_path:
             _refuse_to_overwrite(Path(config.checkpoint.dirpath))
+        # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml
+        log_dir = run_dir if self.subcommand == "fit" else run_dir / str(self.subcommand)
         for logger in _as_list(config.trainer.logger):
-            _place_logger(logger, run_dir, ckpt_path)
+            _place_logger(logger, log_dir, ckpt_path, appending=self.subcommand == "fit")
+
+    def instantiate_classes(self) -> None:
+        # A bad value the parser could not see (an unknown arch, a data folder that is not there)
+        # is a user's mistake: one message, not a traceback.
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+            _fail(str(error))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = list(self.trainer_defaults.get("callbacks", []))
+        if config.trainer.get("enable_progress_bar") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        callbacks.append(LastCheckpoint(config.checkpoint.dirpath))  # what --ckpt_path last resumes
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        plugins = _as_list(config.trainer.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # a kill mid-write never leaves a corrupt last.ckpt
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -87,14 +111,15 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None) -> None:
+def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None, appending: bool) -> None:
     """Put every logger's files inside the run directory, and let a resumed wandb run keep its id."""
     class_path = str(logger.class_path)
     args = logger.init_args
     name = class_path.rsplit(".", 1)[-1]
     if name == "CSVLogger":
         args.save_dir, args.name, args.version = str(run_dir), "", ""
-        logger.class_path = "resnet_lit.csv_logger.ResumableCSVLogger"  # Lightning's deletes metrics.csv on resume
+        if appending:  # Lightning's CSVLogger deletes metrics.csv when a fit resumes
+            logger.class_path = "resnet_lit.csv_logger.ResumableCSVLogger"
     elif name == "TensorBoardLogger":
         args.save_dir, args.name, args.version = str(run_dir), "tensorboard", ""
     elif name == "WandbLogger":
@@ -162,7 +187,6 @@ def _cli(args: list[str] | None) -> ResNetCLI:
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
         trainer_defaults={
             "callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step"), RNGState()],
-            "plugins": [AtomicCheckpointIO()],  # a kill mid-write never leaves a corrupt last.ckpt
         },
         auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
         parser_kwargs={"description": __doc__, "exit_on_error": False},

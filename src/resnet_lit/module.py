@@ -168,6 +168,8 @@ class ImageClassifier(pl.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         # compute() reduces over all ranks; errors are in percent, as the paper reports them.
+        if self.metrics[f"{stage}_acc1"].update_count == 0:
+            return  # nothing seen (an epoch end replayed after a resume): no row of made-up errors
         acc1 = self.metrics[f"{stage}_acc1"].compute()
         acc5 = self.metrics[f"{stage}_acc5"].compute()
         self.metrics[f"{stage}_acc1"].reset()

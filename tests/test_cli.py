@@ -1,0 +1,163 @@
+"""The resnet-lit command end to end on real CIFAR-10 images: fit, checkpoints, reloads, resume,
+loggers, and the messages a new user gets for common mistakes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from resnet_lit.cli import main
+from resnet_lit.module import ImageClassifier
+
+CPU = ["--config", "configs/trainer/cpu.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)  # configs are given relative to the project's root, as in the README
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def fit_args(run_dir: Path, cache_dir: Path, *extra: str, steps: int = 6) -> list[str]:
+    return [
+        "fit", "--config", "configs/cifar10/resnet20.yaml", *CPU,
+        "--data.subset", "192", "--data.batch_size", "32", "--data.cache_dir", str(cache_dir),
+        "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
+        "--trainer.limit_val_batches", "2", "--run_dir", str(run_dir), *extra,
+    ]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir, repo_root) -> Path:
+    """One short real fit shared by the tests that inspect its outputs."""
+    run_dir = tmp_path_factory.mktemp("runs") / "r20"
+    os.chdir(repo_root)
+    main(fit_args(run_dir, cache_dir))
+    return run_dir
+
+
+def test_fit_writes_config_metrics_and_checkpoints(trained_run):
+    assert (trained_run / "config.yaml").is_file()
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert config["model"]["arch"] == "resnet20"
+    hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["num_classes"] == 10  # linked from the DataModule
+    assert hparams["class_names"][:3] == ["airplane", "automobile", "bird"]
+    rows = read_metrics(trained_run)
+    assert {"epoch", "step", "train/loss", "val/error", "train/error"} <= set(rows[0])
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 6 and all(0 < v < 10 for v in losses)
+    val_errors = [float(r["val/error"]) for r in rows if r.get("val/error")]
+    assert val_errors and all(0 <= v <= 100 for v in val_errors)
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((trained_run / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
+def test_checkpoint_reloads_in_a_fresh_process_with_identical_logits(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    torch.manual_seed(0)
+    batch = torch.randn(4, 3, 32, 32)
+    torch.save(batch, tmp_path / "batch.pt")
+    model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    with torch.no_grad():
+        expected = model(batch)
+    script = (
+        "import sys, torch\n"
+        "from resnet_lit.module import ImageClassifier\n"
+        "m = ImageClassifier.load_from_checkpoint(sys.argv[1], map_location='cpu').eval()\n"
+        "with torch.no_grad():\n"
+        "    torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(ckpt), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")], check=True)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    # What the weights are travels with them, for loaders that never build the LightningModule.
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert raw["resnet_lit"]["arch_spec"]["name"] == "resnet20"
+    assert raw["resnet_lit"]["arch_spec"]["shortcut"] == "A"
+
+
+def test_validate_and_test_from_checkpoint(trained_run, cache_dir, capsys):
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir", str(cache_dir),
+              "--run_dir", str(trained_run), "--ckpt_path", ckpt]
+    main(["validate", *common])
+    main(["test", *common])
+    out = capsys.readouterr().out
+    assert "val/error" in out and "test/error" in out
+    # evaluation logs beside the training run and leaves its metrics alone
+    assert any(r.get("val/error") for r in read_metrics(trained_run / "validate"))
+    assert any(r.get("test/error") for r in read_metrics(trained_run / "test"))
+    assert len([r for r in read_metrics(trained_run) if r.get("train/loss")]) == 6
+
+
+def test_resume_continues_the_schedule_where_it_stopped(trained_run, cache_dir, tmp_path):
+    run_dir = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(trained_run, run_dir)
+    main(fit_args(run_dir, cache_dir, "--ckpt_path", "last", steps=10))
+    raw = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert raw["global_step"] == 10
+    rows = read_metrics(run_dir)
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert len(steps) == 10 and steps == sorted(set(steps))  # 6 rows from the first run kept, 4 added, none twice
+    epochs = [int(r["epoch"]) for r in rows if r.get("train/error")]
+    assert epochs == [0, 1]  # each epoch's training error once, none made up by the resume
+    scheduler = raw["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == 10  # the LambdaLR counts on from the checkpoint
+
+
+def test_a_second_fit_into_the_same_run_dir_is_refused(trained_run, cache_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(trained_run, cache_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "last.ckpt exists" in err and "--ckpt_path last" in err and "--run_dir" in err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model.no_such_option", "1"], "no_such_option"),
+        (["--model.width", "wide"], "width"),
+        (["--trainer.max_steps", "many"], "max_steps"),
+        (["--config", "configs/cifar10/resnet21.yaml"], "configs/cifar10/resnet21.yaml: no such file"),
+        (["--model.arch", "resnet21"], "resnet21"),
+    ],
+)
+def test_bad_input_exits_with_a_short_message_naming_it(args, expected, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--run_dir", str(tmp_path / "bad"), *args])
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) < 25  # a paragraph, not a page of usage
+
+
+def test_missing_checkpoint_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["validate", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--run_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "nope.ckpt")])
+    assert "nope.ckpt: no such file" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_same_cli(repo_root):
+    done = subprocess.run([sys.executable, "-m", "resnet_lit", "fit", "--help"], capture_output=True, text=True, cwd=repo_root)
+    assert done.returncode == 0
+    assert "--model.arch" in done.stdout and "--run_dir" in done.stdout
