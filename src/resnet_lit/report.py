@@ -280,10 +280,11 @@ def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, yli
             if run.shortcut and run.family == "imagenet" and not run.is_plain:
                 name += f" ({str(run.shortcut).upper()})"
             train, evaluated = run.column(TRAIN_ERROR), run.column(VAL_ERROR) or run.column(TEST_ERROR)
+            # the CSV's step is 0-based: a value logged at step s follows s + 1 iterations
             if train:
-                ax.plot([s / unit for s, _ in train], [v for _, v in train], "--", color=colour, linewidth=1)
+                ax.plot([(s + 1) / unit for s, _ in train], [v for _, v in train], "--", color=colour, linewidth=1)
             if evaluated:
-                ax.plot([s / unit for s, _ in evaluated], [v for _, v in evaluated], "-", color=colour, linewidth=2, label=name)
+                ax.plot([(s + 1) / unit for s, _ in evaluated], [v for _, v in evaluated], "-", color=colour, linewidth=2, label=name)
             elif train:
                 ax.plot([], [], "-", color=colour, linewidth=2, label=f"{name} (train only)")
         ax.set_xlabel(f"iter. (1e{int(math.log10(unit))})" if unit > 1 else "iter.")
