@@ -136,6 +136,7 @@ def test_arch_from_folder_name_and_imagenet_family(tmp_path: Path) -> None:
     assert (run.arch, run.family, run.paper_error, run.finished) == ("plain34", "imagenet", 28.54, None)
     assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "figure6_imagenet.png").is_file()
+    assert "| plain34 | plain34 | 50 | ? |" in (tmp_path / "out" / "errors.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -164,3 +165,16 @@ def test_runs_of_different_lengths_are_compared_at_a_common_iteration(tmp_path: 
     assert "Training error % at iteration 100, the last one every cifar10 run reached: plain56 80.00, resnet20 50.00." in table
     rows = _table_rows(table)
     assert rows["plain56"][3].startswith("no") and rows["resnet20"][3] == "yes"
+
+
+def test_a_test_of_the_run_is_merged_into_its_row(tmp_path: Path) -> None:
+    # `resnet-lit test` logs into <run_dir>/test/metrics.csv: its test/error belongs to the run's row
+    write_run(tmp_path / "runs" / "resnet20", "resnet20", [20.0, 10.0], [22.0, 12.0], max_steps=2 * STEPS_PER_EPOCH)
+    (tmp_path / "runs" / "resnet20" / "test").mkdir()
+    (tmp_path / "runs" / "resnet20" / "test" / "metrics.csv").write_text("epoch,step,test/acc1,test/error\n0,0,0.9125,8.75\n")
+    runs = report.load_runs([tmp_path / "runs"])
+    assert [r.name for r in runs] == ["resnet20"]
+    assert runs[0].column(report.TEST_ERROR) == [(0, 8.75)]
+    row = _table_rows(report.error_table(runs))["resnet20"]
+    assert row[7] == "8.75" and row[5] == "12.00"
+    assert report.load_run(tmp_path / "runs" / "resnet20").column(report.TEST_ERROR) == [(0, 8.75)]

@@ -170,10 +170,11 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     """Read one run: a metrics.csv path or a folder with exactly one metrics.csv below it.
 
     Sparse rows (Lightning writes only the columns logged at that step) are fine. A last line
-    without its newline is a row still being written by a running job: it is dropped.
+    without its newline is a row still being written by a running job: it is dropped. The
+    `test/*` metrics of a `resnet-lit test` of the run (its `test/metrics.csv`) are merged in.
     """
     path = Path(path)
-    found = find_metrics(path)
+    found = [p for p in find_metrics(path) if not _is_evaluation_log(p)] or find_metrics(path)
     if len(found) > 1:
         listing = ", ".join(str(p) for p in found[:4]) + (" ..." if len(found) > 4 else "")
         raise ReportError(f"{path} holds {len(found)} metrics.csv files ({listing}): pass one of them, or use load_runs()")
@@ -219,20 +220,37 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
             value = _to_float(text_value)
             if value is not None:
                 run.series.setdefault(key, []).append((int(step), value))
+    evaluation = csv_path.parent / "test" / "metrics.csv"
+    if evaluation.is_file() and evaluation != csv_path:  # `resnet-lit test` logged beside the run
+        tested = load_run(evaluation)
+        for key, values in tested.series.items():
+            if key.startswith("test/"):
+                run.series[key] = values
     return run
 
 
+# `resnet-lit validate/test/predict` log into these subfolders of the training run's directory.
+EVALUATION_DIRS = ("test", "validate", "predict")
+
+
+def _is_evaluation_log(csv_path: Path) -> bool:
+    """A metrics.csv that an evaluation wrote beside a training run (merged into, not beside, it)."""
+    return csv_path.parent.name in EVALUATION_DIRS and (csv_path.parent.parent / "metrics.csv").is_file()
+
+
 def load_runs(paths: list[str | Path]) -> list[Run]:
-    """Every run below the given paths; a folder with several metrics.csv gives several runs."""
+    """Every run below the given paths; a folder with several metrics.csv gives several runs.
+    The test/ (validate/, predict/) logs that evaluations write inside a run are not runs of their own."""
     runs = []
     for path in paths:
-        found = find_metrics(path)
+        found = [p for p in find_metrics(path) if not _is_evaluation_log(p)] or find_metrics(path)
         for csv_path in found:
-            name = None
-            if len(found) > 1:  # name each by its folder relative to the given one
-                rel = csv_path.parent.relative_to(path)
-                name = str(rel) if str(rel) != "." else Path(path).name
-            runs.append(load_run(csv_path if len(found) > 1 else path, name=name))
+            run_dir = csv_path.parent
+            if re.fullmatch(r"version_\d+", run_dir.name):  # CSVLogger's default name/version_N
+                run_dir = run_dir.parent
+            # name a run by its folder, relative to the given one when that holds several runs
+            name = run_dir.name if Path(path).is_file() or run_dir == Path(path) else str(run_dir.relative_to(path))
+            runs.append(load_run(csv_path, name=name))
     return runs
 
 
