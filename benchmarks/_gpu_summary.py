@@ -71,7 +71,8 @@ def fit(run_dir: Path, clock: Path, wall_s: float, batch: int, out: Path) -> Non
 
 
 def test(run_dir: Path, out: Path, key: str) -> None:
-    rows = read_metrics(run_dir)
+    # `resnet-lit test` writes <run_dir>/test/metrics.csv (older CLI versions: <run_dir>/metrics.csv)
+    rows = [r for p in sorted(run_dir.rglob("metrics.csv")) for r in read_metrics(p.parent)]
     res = load(out)
     for name in ("test/error", "test/error5", "test/acc1"):
         col = column(rows, name)

@@ -79,7 +79,7 @@ if [[ $DRY == 1 ]]; then
   # resnet50 compiled on a CPU takes minutes: the dry run compiles a resnet20 in its place.
   DEVICE=cpu; TRAINER=configs/trainer/cpu.yaml; R50="resnet50:2"; R50_COMPILED="resnet20:4"; R20_SMALL="resnet20:16"; R20_LARGE="resnet20:32"
   MSTEPS="--steps 2 --warmup 1"; CIFAR_STEPS=${CIFAR_DRY_STEPS:-12}; FULL_STEPS=26; BUDGET_S=${CPU_DRY_BUDGET_S:-1500}
-  DATA_ARGS="--quick --images 16"; EXTRA_FIT=(--data.subset 512 --trainer.limit_val_batches 2)
+  DATA_ARGS="--quick --images 16 --workers 0,1"; EXTRA_FIT=(--data.subset 512 --trainer.limit_val_batches 2)
   FULL=${CPU_DRY_FULL:-1}
   export OMP_NUM_THREADS=1
   # Inductor's C++ compile takes minutes on a small CPU: the dry run checks the plumbing with
@@ -88,7 +88,7 @@ if [[ $DRY == 1 ]]; then
 else
   DEVICE=cuda; TRAINER=configs/trainer/gpu.yaml; R50="resnet50:256"; R50_COMPILED=$R50; R20_SMALL="resnet20:128"; R20_LARGE="resnet20:512"
   MSTEPS="--steps 20 --warmup 5"; FULL_STEPS=64000
-  DATA_ARGS="--workers 4 --seconds 2 --repeats 2 --images 240"; EXTRA_FIT=()
+  DATA_ARGS="--workers 0,4 --seconds 2 --repeats 2 --images 240"; EXTRA_FIT=()
 fi
 
 # `python -m resnet_lit fit` for resnet20 with the recipe and the trainer overlay; $1 = run name,
@@ -227,3 +227,4 @@ else
   echo "(summary.md not kept: $OUT already holds 8 files)"
 fi
 say "done in $(( $(date +%s) - START ))s; files: $(ls "$OUT" | tr '\n' ' ')"
+sleep 1  # let tee flush gpu.log
