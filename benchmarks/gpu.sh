@@ -14,15 +14,16 @@
 #           fused SGD, then compiled (train); inference for the eager settings
 #   cifar   resnet20 on the real CIFAR-10 archive through `python -m resnet_lit fit` with the
 #           recipe + configs/trainer/gpu.yaml, CIFAR_STEPS iterations: iterations/s, 64k projection
-#   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
-#   cifar_ro  the same short fit with --model.compile '{mode: reduce-overhead}' (CUDA graphs)
-#   data    data.py on the GPU: CIFAR pipeline vs torchvision, ImageNet decode per worker
 #   full    the paper's full schedule (64k iterations) if the projection fits the time left
 #           (FULL=1 forces it, FULL=0 skips it), then `test` on its last checkpoint
+#   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs)
+#   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
+#   data    data.py on the GPU: CIFAR pipeline vs torchvision (0 and 4 workers), ImageNet decode per worker
 # Everything lands in $OUT as it is produced (8 files at most):
 #   gpu.log model_resnet50.json cifar_short.json model_resnet20.json cifar_reduce_overhead.json
-#   data.json cifar_full.json cifar_full_metrics.csv   (summary.md replaces cifar_reduce_overhead
-#   or data when all 8 exist; the summary is also printed at the end of gpu.log)
+#   data.json cifar_full.json cifar_full_metrics.csv, and summary.md when fewer than 8 exist
+#   (the summary is printed at the end of gpu.log either way).
+# Each step runs under min(its cap, time left): SIGINT first, so the scripts keep what they measured.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -42,7 +43,7 @@ WORK=${WORK:-$(mktemp -d /tmp/resnet-lit-bench.XXXXXX)}  # run directories: NOT 
 BUDGET_S=${BUDGET_S:-400}
 CIFAR_STEPS=${CIFAR_STEPS:-1500}
 FULL=${FULL:-auto}
-STEPS=${STEPS:-"env r50 cifar full r20 cifar_ro data"}
+STEPS=${STEPS:-"env r50 cifar full cifar_ro r20 data"}
 DATA_ROOT=${DATA_ROOT:-$ROOT/.data/cifar10-jpeg}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
@@ -67,7 +68,7 @@ run_for() {
   local cap=$1; shift
   local t=$(( $(left) - 10 ))
   (( t > cap )) && t=$cap
-  if (( t < 15 )); then echo "skipped (only $(left)s left): $*"; return 124; fi
+  if (( t < 30 )); then echo "skipped (only $(left)s left): $*"; return 124; fi
   timeout -s INT -k 15 "$t" "$@"
   local rc=$?
   (( rc == 124 )) && echo "stopped at its time limit (${t}s): $*"
