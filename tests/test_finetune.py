@@ -206,6 +206,6 @@ def test_init_weights_mismatch_names_the_file(tmp_path: Path) -> None:
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights := tmp_path / "r18.pth")
     model = ImageClassifier(arch="resnet34", num_classes=10, init_weights=str(weights))
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    model.trainer = trainer  # what Trainer.fit does before calling setup("fit")
+    model.trainer = trainer  # what Trainer.fit does before calling on_fit_start
     with pytest.raises(ValueError, match=rf"weights in {weights} do not fit the model resnet34:(.|\n)*The file looks like: resnet18"):
-        model.setup("fit")
+        model.on_fit_start()

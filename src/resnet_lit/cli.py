@@ -77,6 +77,8 @@ class ResNetCLI(LightningCLI):
             config.ckpt_path = ckpt_path = str(last)
         if ckpt_path and not Path(ckpt_path).is_file():
             _fail(f"--ckpt_path {ckpt_path}: no such file.")
+        if ckpt_path and getattr(config, "weights_only", False) is None:
+            config.weights_only = True  # our checkpoints hold plain data: never unpickle code
         if self.subcommand == "fit" and not ckpt_path:
             _refuse_to_overwrite(Path(config.checkpoint.dirpath))
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml

@@ -95,12 +95,6 @@ class ImageClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_weights and self.trainer.ckpt_path is None:
-            # A resume (--ckpt_path) restores its own weights right after this hook.
-            from resnet_lit.checkpoints import load_weights
-
-            load_weights(self.model, self.hparams.init_weights)  # errors name the file
-            rank_zero_info(f"initial weights from {self.hparams.init_weights}")
         if self.hparams.freeze != "none":
             apply_freeze(self.model, self.hparams.freeze)
         if self.hparams.channels_last:
@@ -109,6 +103,15 @@ class ImageClassifier(pl.LightningModule):
             options = {} if self.hparams.compile is True else dict(self.hparams.compile)
             self.model.compile(**options)  # in place: no `_orig_mod.` in the state dict
             self._compiled = True
+
+    def on_fit_start(self) -> None:
+        # After a resume's restore (trainer.ckpt_path is known only now): a resumed run keeps its
+        # own weights and never reads init_weights again, which may be gone by then.
+        if self.hparams.init_weights and self.trainer.ckpt_path is None:
+            from resnet_lit.checkpoints import load_weights
+
+            load_weights(self.model, self.hparams.init_weights)  # in place; errors name the file
+            rank_zero_info(f"initial weights from {self.hparams.init_weights}")
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
