@@ -38,7 +38,7 @@ CPU_MODELS = "resnet20:128,resnet20:512,resnet50:32"
 GPU_MODELS = "resnet20:128,resnet20:512,resnet50:256"
 CPU_SETTINGS = "eager,cl,cl+compile"
 GPU_SETTINGS = "eager,cl,bf16,bf16+cl,bf16+cl+fused,bf16+cl+compile+fused"
-QUICK_MODELS = "resnet20:128,resnet50:4"
+QUICK_MODELS = "resnet20:128,resnet50:2"
 QUICK_SETTINGS = "eager,cl"
 OPTIONS = ("eager", "cl", "bf16", "compile", "fused")
 

@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="resnet20", help="a configs/cifar10/<arch>.yaml recipe")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--pairs", type=int, default=None, help="A/B pairs (default 4, quick 2)")
-    p.add_argument("--steps", type=int, default=None, help="timed iterations per run (default 20 CPU / 300 GPU, quick 4)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3 CPU / 30 GPU, quick 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed iterations per run (default 20 CPU / 300 GPU, quick 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3 CPU / 30 GPU, quick 1)")
     p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="override the config's compile setting on both sides (true/false)")
     p.add_argument("--data-root", type=Path, default=None, help="CIFAR-10 archive folder (default .data/ or ../shared/data)")
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads(args.threads if args.threads is not None else (None if gpu else 1))
     args.data_root = args.data_root or default_data_root("cifar10-jpeg")
     args.pairs = args.pairs or (2 if args.quick else 4)
-    args.steps = args.steps or (4 if args.quick else 300 if gpu else 20)
-    args.warmup = args.warmup or (2 if args.quick else 30 if gpu else 3)
+    args.steps = args.steps or (3 if args.quick else 300 if gpu else 20)
+    args.warmup = args.warmup or (1 if args.quick else 30 if gpu else 3)
 
     rep = Report("overhead.py", args, {
         "device": args.device, "arch": args.arch, "batch": args.batch, "pairs": args.pairs,
