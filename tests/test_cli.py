@@ -161,3 +161,20 @@ def test_python_dash_m_runs_the_same_cli(repo_root):
     done = subprocess.run([sys.executable, "-m", "resnet_lit", "fit", "--help"], capture_output=True, text=True, cwd=repo_root)
     assert done.returncode == 0
     assert "--model.arch" in done.stdout and "--run_dir" in done.stdout
+
+
+def test_wandb_offline_run_and_resume_keeps_the_run_id(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "wb"
+    main(fit_args(run_dir, cache_dir, "--config", "configs/logger/wandb.yaml", steps=3))
+    first = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(first) == 1 and any(first[0].glob("*.wandb"))  # a real offline run, syncable with `wandb sync`
+    run_id = first[0].name.rsplit("-", 1)[-1]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["wandb_run_id"] == run_id
+    assert (run_dir / "metrics.csv").is_file()  # CSV beside wandb, for `resnet-lit report`
+    main(fit_args(run_dir, cache_dir, "--config", "configs/logger/wandb.yaml", "--ckpt_path", "last", steps=5))
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))  # one folder per start (same second: shared)
+    assert {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}  # a new id would add a folder
+    resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 5 and resumed["wandb_run_id"] == run_id
