@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cifar_io import detect_source, download_cifar, load_cifar
-from .sharding import ShardSampler
+from .sharding import ResumableLoader, ShardSampler
 from .transforms import cifar_augment, normalize
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,14 @@ class CIFARDataModule(L.LightningDataModule):
             len(ds), rank=rank, world_size=world, shuffle=train, seed=self.seed,
             batch_size=self.batch_size, drop_last=train,
         )
-        return DataLoader(
+        # Training: a loader that checkpoints its position in the epoch (exact mid-epoch resume).
+        # Its own generator: a DataLoader draws a worker base seed at every iter(); from the global
+        # torch RNG (the one the augmentation draws from) that would shift a resumed run's crops.
+        loader = ResumableLoader if train else DataLoader
+        return loader(
             ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
             pin_memory=self.pin_memory and device is None, persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,14 +12,20 @@ one sample; ``torch.utils.data.DistributedSampler`` instead repeats samples to e
 does not wrap it (``_requires_distributed_sampler`` in
 ``lightning/pytorch/trainer/connectors/data_connector.py``). Lightning still calls its
 ``set_epoch`` at the start of every epoch (``_set_sampler_epoch`` in the fit loop).
+
+Resuming mid-epoch: ``ResumableLoader`` counts the batches it has handed out this epoch and gives
+that count to Lightning (>= 2.3), which stores it in the checkpoint (``loops.fit_loop.state_dict.
+combined_loader``) and hands it back on resume; the sampler then starts that many batches into
+the same epoch's permutation, so a resumed run trains on exactly the batches it had not seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def shard_indices(
@@ -73,6 +79,7 @@ class ShardSampler(DistributedSampler):
         self.epoch = 0
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.start = 0  # items (or batches) the next iteration skips; set by ResumableLoader, used once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -85,11 +92,12 @@ class ShardSampler(DistributedSampler):
         )
 
     def __iter__(self) -> Iterator:
+        skip, self.start = self.start, 0
         idx = self.indices()
         if self.batch_size is None:
-            yield from idx.tolist()
+            yield from idx[skip:].tolist()
             return
-        for start in range(0, len(idx), self.batch_size):
+        for start in range(skip * self.batch_size, len(idx), self.batch_size):
             batch = idx[start : start + self.batch_size]
             if self.drop_last and len(batch) < self.batch_size:
                 return
@@ -104,3 +112,40 @@ class ShardSampler(DistributedSampler):
         if self.drop_last:
             return per_rank // self.batch_size
         return -(-per_rank // self.batch_size)
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a ``ShardSampler`` that knows how far into the epoch it is.
+
+    ``state_dict()`` -> ``{"epoch", "batches"}``: batches handed out in the sampler's current epoch
+    (counted here, not in the sampler, which worker processes read ahead of training). Lightning
+    calls it when it saves a checkpoint and calls ``load_state_dict`` before the resumed epoch;
+    the next iteration then skips that many batches if it is the same epoch, and none otherwise
+    (a checkpoint taken after an epoch's last batch resumes at the start of the next epoch).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ShardSampler):
+            raise TypeError(f"ResumableLoader needs a ShardSampler, got {type(self.sampler).__name__}")
+        self._epoch = 0
+        self._batches = 0
+        self._resume: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+
+    def __iter__(self) -> Iterator:
+        # A generator: this body runs at the first next(), after Lightning's set_epoch, which
+        # Lightning calls only after it has created the epoch's iterator.
+        sampler = self.sampler
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == sampler.epoch else 0
+        sampler.start = skip if sampler.batch_size is not None else skip * (self.batch_size or 1)
+        self._epoch, self._batches = sampler.epoch, skip
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
