@@ -28,7 +28,7 @@ from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
 from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter
 from resnet_lit.checkpoint_io import AtomicCheckpointIO
-from resnet_lit.resume import RNGState, resolve_ckpt_path
+from resnet_lit.resume import EpochEndLoopState, RNGState, resolve_ckpt_path
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
@@ -188,7 +188,8 @@ def _cli(args: list[str] | None) -> ResNetCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
         trainer_defaults={
-            "callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step"), RNGState()],
+            "callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step"), RNGState(),
+                          EpochEndLoopState()],
         },
         auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
         parser_kwargs={"description": __doc__, "exit_on_error": False},

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
@@ -99,3 +100,37 @@ class RNGState(Callback):
             states = state_dict["cuda"]
             if len(states) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(states)
+
+
+class EpochEndLoopState(Callback):
+    """Record an epoch-end checkpoint in the one form Lightning resumes exactly in step-based runs.
+
+    With ``max_steps`` set (every resnet-lit recipe), Lightning treats every resume as a restart
+    inside an epoch (``_FitLoop.restarting`` is always True for iteration-based training). It
+    resumes exactly from a checkpoint taken in validation after an epoch's last batch: it finishes
+    that batch (one more logging step), then runs the epoch-end hooks and moves to the next epoch.
+    Checkpoints written later in the epoch's end, in ``on_train_epoch_end`` (where
+    ``ModelCheckpoint`` saves when validation runs once an epoch) or ``on_train_end``, already
+    count the epoch as processed; resumed as they are, the run counts the epoch twice: the
+    sampler shuffles with the next epoch's seed, and the logging step jumps by one. So this
+    callback writes those checkpoints as if taken in that validation: epoch not yet processed,
+    logging step one back. The resumed run replays ``on_train_epoch_end`` (the module logs nothing
+    there when no batch was seen). A run stopped by ``max_steps`` inside an epoch is recorded as
+    inside that epoch, so a longer run resumes there (at the right batch, see ``ResumableLoader``).
+    Epoch-based runs (``max_steps=-1``) resume exactly without this and are left alone.
+    """
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        loop = checkpoint.get("loops", {}).get("fit_loop")
+        if trainer.max_steps == -1 or not loop or "epoch_progress" not in loop:
+            return
+        epochs = loop["epoch_progress"]
+        if epochs["current"]["processed"] != epochs["current"]["started"]:
+            return  # taken inside the epoch (batch end, validation): Lightning resumes it
+        for counts in (epochs["current"], epochs["total"]):
+            counts["processed"] -= 1
+            counts["completed"] = counts["processed"]
+        batches = loop["epoch_loop.batch_progress"]
+        epoch_done = batches["is_last_batch"] or batches["current"]["completed"] >= trainer.num_training_batches
+        if epoch_done:  # the resumed run finishes the last batch again, stepping the logger once
+            loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
