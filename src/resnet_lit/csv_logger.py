@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -43,7 +44,16 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """``CSVLogger`` that appends to an existing metrics.csv instead of deleting it (see module doc)."""
+    """``CSVLogger`` that appends to an existing metrics.csv instead of deleting it (see module doc).
+
+    Every logged row is written at once (Lightning's writer keeps up to 100 steps in memory): a
+    process killed without warning loses no row it logged before its last checkpoint.
+    """
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self.experiment.save()
 
     @property
     @rank_zero_experiment
