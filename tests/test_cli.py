@@ -116,9 +116,13 @@ def test_resume_continues_the_schedule_where_it_stopped(trained_run, cache_dir, 
     assert raw["global_step"] == 10
     rows = read_metrics(run_dir)
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
-    assert len(steps) == 10 and steps == sorted(set(steps))  # 6 rows from the first run kept, 4 added, none twice
+    assert steps == list(range(10))  # 6 rows from the first run kept, 4 added: no step twice, none skipped
+    lr_steps = [int(r["step"]) for r in rows if r.get("lr-SGD/backbone")]
+    assert lr_steps == list(range(10))
     epochs = [int(r["epoch"]) for r in rows if r.get("train/error")]
     assert epochs == [0, 1]  # each epoch's training error once, none made up by the resume
+    loss_epochs = [int(r["epoch"]) for r in rows if r.get("train/loss")]
+    assert loss_epochs == [0] * 6 + [1] * 4  # 192 images / 32 = 6 steps an epoch: the resume starts epoch 1
     scheduler = raw["lr_schedulers"][0]
     assert scheduler["last_epoch"] == 10  # the LambdaLR counts on from the checkpoint
 
