@@ -88,7 +88,8 @@ class ImageClassifier(pl.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top5 = min(5, num_classes)
         self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            # validate_args=False: the checks call torch.unique, a GPU sync on every step
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro", validate_args=False)
             for stage in ("train", "val", "test") for name, k in (("acc1", 1), ("acc5", top5))
         })
         self._compiled = False
@@ -135,8 +136,13 @@ class ImageClassifier(pl.LightningModule):
         loss = self.criterion(logits, y)
         self.metrics["train_acc1"].update(logits, y)
         self.metrics["train_acc5"].update(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
+        if self._logging_step():  # self.log costs a fraction of a small net's GPU step: only when it is written
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _logging_step(self) -> bool:
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
