@@ -3,6 +3,7 @@ bit-exact continuation after SIGKILL (through the real CLI on real CIFAR-10 imag
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -114,39 +115,128 @@ def test_sigkill_during_write_never_corrupts(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------ bit-exact resume through the real CLI (SIGKILL)
-def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+# 128 images / 32 = 4 steps an epoch, 8 steps in all; every row of metrics.csv is logged (one per step).
+STEPS = 8
+
+
+def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str, steps: int = STEPS) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(repo_root / "tests"), env.get("PYTHONPATH", "")]))
     cmd = [
         str(Path(sys.executable).parent / "resnet-lit"), "fit",
         "--config", "configs/cifar10/resnet20.yaml", "--config", "configs/trainer/cpu.yaml",
         "--data.root", str(cifar_root), "--data.subset", "128", "--data.batch_size", "32",
-        "--model.width", "0.25", "--trainer.max_steps", "8", "--trainer.deterministic", "true",
-        "--run_dir", str(run_dir),
+        "--model.width", "0.25", "--trainer.max_steps", str(steps), "--trainer.deterministic", "true",
+        "--trainer.log_every_n_steps", "1", "--run_dir", str(run_dir),
         # Lightning 2.6 refreshes last.ckpt only when a monitored checkpoint is saved at that step;
         # without a monitor every epoch's checkpoint (and so last.ckpt) is written.
         "--checkpoint.monitor", "null", *extra,
     ]
-    return subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    return done
+
+
+def _kill_at(step: int) -> str:
+    """SIGKILL as the batch that would make global step ``step + 1`` starts."""
+    return "--trainer.callbacks+=" + json.dumps({"class_path": "scale_helpers.KillAtStep", "init_args": {"step": step}})
+
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_same_training(ref: Path, run: Path) -> None:
+    """Weights, BN statistics, momentum and counters of the two runs' last.ckpt: bit-identical."""
+    a = torch.load(ref / "checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == STEPS
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert different == []
+    ma, mb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert ma.keys() == mb.keys()
+    assert all(torch.equal(ma[i]["momentum_buffer"], mb[i]["momentum_buffer"]) for i in ma)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert a["loops"]["fit_loop"]["epoch_progress"] == b["loops"]["fit_loop"]["epoch_progress"]
+
+
+def _losses(run_dir: Path) -> list[tuple[int, int, str]]:
+    return [(int(r["epoch"]), int(r["step"]), r["train/loss"]) for r in _metrics(run_dir) if r.get("train/loss")]
+
+
+def _epoch_rows(run_dir: Path, key: str) -> list[tuple[int, str]]:
+    return [(int(r["epoch"]), r[key]) for r in _metrics(run_dir) if r.get(key)]
+
+
+@pytest.fixture(scope="module")
+def reference_run(repo_root: Path, cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted 8-step run that the interrupted ones must match."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    done = _fit(repo_root, cifar_root, run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
 
 
 @pytest.mark.slow
-def test_sigkill_at_epoch_boundary_then_resume_is_bit_identical(repo_root: Path, cifar_root: Path, tmp_path: Path) -> None:
-    ref = _fit(repo_root, cifar_root, tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    # 128 images / 32 = 4 steps an epoch; killed as step 5 begins, after epoch 0's last.ckpt.
-    kill = json.dumps({"class_path": "scale_helpers.KillAtStep", "init_args": {"step": 4}})
-    killed = _fit(repo_root, cifar_root, tmp_path / "run", f"--trainer.callbacks+={kill}")
+def test_sigkill_at_epoch_boundary_then_resume_is_bit_identical(repo_root: Path, cifar_root: Path, tmp_path: Path,
+                                                               reference_run: Path) -> None:
+    run = tmp_path / "run"
+    killed = _fit(repo_root, cifar_root, run, _kill_at(4))  # as step 5 begins, after epoch 0's last.ckpt
     assert killed.returncode == -signal.SIGKILL
-    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
-    resumed = _fit(repo_root, cifar_root, tmp_path / "run", "--ckpt_path", "last")
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = _fit(repo_root, cifar_root, run, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "ref/checkpoints/last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 8
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
-    assert different == []  # weights, BN statistics: bit-identical
-    ma = a["optimizer_states"][0]["state"]
-    mb = b["optimizer_states"][0]["state"]
-    assert all(torch.equal(ma[i]["momentum_buffer"], mb[i]["momentum_buffer"]) for i in ma)
+    _assert_same_training(reference_run, run)
+    # metrics.csv: every step once with the uninterrupted run's loss, each epoch's summary once.
+    assert _losses(run) == _losses(reference_run)
+    assert [s for _, s, _ in _losses(run)] == list(range(STEPS))
+    for key in ("train/error", "val/error"):
+        assert _epoch_rows(run, key) == _epoch_rows(reference_run, key)
+    assert [e for e, _ in _epoch_rows(run, "train/error")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_continues_at_the_right_batch(repo_root: Path, cifar_root: Path, tmp_path: Path,
+                                                                    reference_run: Path) -> None:
+    run = tmp_path / "run"
+    every_2 = "--trainer.callbacks+=" + json.dumps({
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(run / "steps"), "filename": "step{step:02d}", "auto_insert_metric_name": False,
+                      "every_n_train_steps": 2, "save_top_k": -1},
+    })
+    killed = _fit(repo_root, cifar_root, run, every_2, _kill_at(6))  # epoch 1, after its 2nd of 4 batches
+    assert killed.returncode == -signal.SIGKILL
+    ckpt = torch.load(run / "steps/step06.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
+    # The train loader's position, saved by Lightning from ResumableLoader.state_dict().
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
+    resumed = _fit(repo_root, cifar_root, run, "--ckpt_path", str(run / "steps/step06.ckpt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dataloader is not resumable" not in resumed.stderr
+    _assert_same_training(reference_run, run)
+    assert _losses(run) == _losses(reference_run)  # steps 6 and 7 on the same batches, same crops
+    # Not exact: epoch 1's running training error covers only the batches after the resume, because
+    # the module's accumulating metrics are not part of a checkpoint (docs/slurm.md, resume).
+    assert [e for e, _ in _epoch_rows(run, "train/error")] == [0, 1]
+    assert _epoch_rows(run, "train/error")[0] == _epoch_rows(reference_run, "train/error")[0]
+    assert _epoch_rows(run, "val/error") == _epoch_rows(reference_run, "val/error")
+
+
+@pytest.mark.slow
+def test_run_stopped_by_max_steps_mid_epoch_resumes_there(repo_root: Path, cifar_root: Path, tmp_path: Path,
+                                                          reference_run: Path) -> None:
+    run = tmp_path / "run"
+    first = _fit(repo_root, cifar_root, run, steps=6)  # stops after epoch 1's 2nd batch
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["loops"]["fit_loop"]
+    # Recorded as inside epoch 1 (Lightning counts an epoch cut by max_steps as processed).
+    assert state["epoch_progress"]["current"] == {"ready": 2, "started": 2, "processed": 1, "completed": 1}
+    assert state["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
+    resumed = _fit(repo_root, cifar_root, run, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_training(reference_run, run)
+    assert _losses(run) == _losses(reference_run)
+    # Not exact: the first run ended epoch 1 after 2 batches and logged its training error then;
+    # the resumed run logs epoch 1 again when it really ends (docs/slurm.md, resume).
+    assert [e for e, _ in _epoch_rows(run, "train/error")] == [0, 1, 1]
