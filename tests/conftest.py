@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,19 @@ def cifar_root(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def imagewoof_root(shared_data: Path) -> Path:
     return shared_data / "imagewoof-mini"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_decode_cache(tmp_path_factory) -> Iterator[Path]:
+    """One decode cache for the whole session (CIFAR-10 decodes once, not once per test module),
+    never the user's ~/.cache. Tests of the cache itself pass their own ``cache_dir``."""
+    import os
+
+    path = tmp_path_factory.mktemp("resnet_lit_cache")
+    previous = os.environ.get("RESNET_LIT_CACHE")
+    os.environ["RESNET_LIT_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("RESNET_LIT_CACHE", None)
+    else:
+        os.environ["RESNET_LIT_CACHE"] = previous

@@ -25,8 +25,8 @@ def _in_repo(repo_root, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def cache_dir(shared_decode_cache) -> Path:
+    return shared_decode_cache
 
 
 def fit_args(run_dir: Path, cache_dir: Path, *extra: str, steps: int = 6) -> list[str]:
@@ -182,3 +182,21 @@ def test_wandb_offline_run_and_resume_keeps_the_run_id(cache_dir, tmp_path, monk
     assert {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}  # a new id would add a folder
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 5 and resumed["wandb_run_id"] == run_id
+
+
+@pytest.mark.slow
+def test_resnet20_overfits_256_real_images(cache_dir, tmp_path):
+    """The whole loop learns: data, augmentation, model, loss, optimiser, schedule and metrics
+    together drive the training error on 256 real CIFAR-10 images under 5 % in 160 steps."""
+    run_dir = tmp_path / "overfit"
+    main([
+        "fit", "--config", "configs/cifar10/resnet20.yaml", *CPU,
+        "--data.subset", "256", "--data.pad", "0", "--data.batch_size", "64", "--data.cache_dir", str(cache_dir),
+        "--model.optimizer.lr", "0.2", "--model.schedule.kind", "cosine",
+        "--trainer.max_steps", "-1", "--trainer.max_epochs", "40", "--trainer.limit_val_batches", "0",
+        "--trainer.log_every_n_steps", "4", "--run_dir", str(run_dir),
+    ])
+    errors = [float(r["train/error"]) for r in read_metrics(run_dir) if r.get("train/error")]
+    assert len(errors) == 40
+    assert errors[0] > 50  # it starts at chance level ...
+    assert errors[-1] < 5  # ... and ends having learnt every image
