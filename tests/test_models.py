@@ -296,7 +296,8 @@ def test_channels_last_gives_the_same_output(name: str, kwargs: dict, size: int)
         model = model.to(memory_format=torch.channels_last)
         assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
         got = model(x.contiguous(memory_format=torch.channels_last))
-    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+    # Other convolution kernels sum in another order: float32 rounding, scaled to the logits' size.
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
 @pytest.mark.slow
