@@ -76,7 +76,9 @@ class SlurmCluster:
     @property
     def env(self) -> dict[str, str]:
         """os.environ plus SLURM_CONF, for sbatch/squeue/scontrol calls (and inherited by jobs)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        # Jobs start clean: no SLURM variables of an outer allocation, and no wandb service handle
+        # of the test process (a job attached to it finds its resumed run id "in use").
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "WANDB_SERVICE"))}
         env["SLURM_CONF"] = str(self.conf)
         return env
 

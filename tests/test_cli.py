@@ -182,6 +182,10 @@ def test_wandb_offline_run_and_resume_keeps_the_run_id(cache_dir, tmp_path, monk
     assert {r.name.rsplit("-", 1)[-1] for r in runs} == {run_id}  # a new id would add a folder
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 5 and resumed["wandb_run_id"] == run_id
+    import wandb
+
+    wandb.teardown()  # stop this process's wandb service: later tests' subprocesses must not attach to it
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 @pytest.mark.slow
