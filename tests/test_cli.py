@@ -155,6 +155,15 @@ def test_bad_input_exits_with_a_short_message_naming_it(args, expected, capsys, 
     assert len(err.splitlines()) < 25  # a paragraph, not a page of usage
 
 
+@pytest.mark.parametrize("args", [[], ["fitt", "--config", "configs/cifar10/resnet20.yaml"]])
+def test_a_missing_or_misspelt_command_lists_the_commands(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fit, validate, test, predict" in err and "export, report, imagenet-val" in err
+
+
 def test_missing_checkpoint_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["validate", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--run_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "nope.ckpt")])

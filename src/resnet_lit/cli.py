@@ -171,13 +171,17 @@ def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     if args and args[0] in TOOLS:
         raise SystemExit(_run_tool(args[0], args[1:]))
+    if not args or (args[0] not in SUBCOMMANDS and not args[0].startswith("-")):
+        given = f" {args[0]!r} is not one." if args else ""
+        _fail(f"give a command: {', '.join(SUBCOMMANDS)}, or a tool: {', '.join(TOOLS)}.{given} "
+              "`resnet-lit --help` and `resnet-lit fit --help` list the options.")
     _check_config_files(args)
     try:
         _cli(None if from_command_line else args)
     except ArgumentError as error:
         # jsonargparse would print a page of usage first; the message alone names the key.
-        command = next((a for a in args if a in SUBCOMMANDS), "")
-        _fail(f"{str(error).strip()}\n(`resnet-lit {command} --help` lists every option)")
+        command = " ".join(a for a in args[:1] if a in SUBCOMMANDS)
+        _fail(f"{str(error).strip()}\n(`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
 
 
 def _cli(args: list[str] | None) -> ResNetCLI:
