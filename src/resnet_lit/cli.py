@@ -28,7 +28,7 @@ from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
 from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter
 from resnet_lit.checkpoint_io import AtomicCheckpointIO
-from resnet_lit.resume import EpochEndLoopState, RNGState, resolve_ckpt_path
+from resnet_lit.resume import EpochEndLoopState, RNGState, hpc_checkpoints, resolve_ckpt_path
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
@@ -80,7 +80,7 @@ class ResNetCLI(LightningCLI):
         if ckpt_path and getattr(config, "weights_only", False) is None:
             config.weights_only = True  # our checkpoints hold plain data: never unpickle code
         if self.subcommand == "fit" and not ckpt_path:
-            _refuse_to_overwrite(Path(config.checkpoint.dirpath))
+            _refuse_to_overwrite(Path(config.checkpoint.dirpath), run_dir)
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml
         log_dir = run_dir if self.subcommand == "fit" else run_dir / str(self.subcommand)
         for logger in _as_list(config.trainer.logger):
@@ -139,8 +139,9 @@ def _wandb_id_from_checkpoint(path: str) -> str | None:
     return checkpoint.get("wandb_run_id")
 
 
-def _refuse_to_overwrite(checkpoint_dir: Path) -> None:
-    if (checkpoint_dir / "last.ckpt").exists() and not any(checkpoint_dir.parent.glob("hpc_ckpt_*.ckpt")):
+def _refuse_to_overwrite(checkpoint_dir: Path, run_dir: Path) -> None:
+    # hpc checkpoints live in the run directory (Lightning's SLURM handler), wherever dirpath points
+    if (checkpoint_dir / "last.ckpt").exists() and not hpc_checkpoints(run_dir):
         _fail(
             f"{checkpoint_dir / 'last.ckpt'} exists: this run directory already holds a run. "
             "Resume it with `--ckpt_path last`, or start a new one with `--run_dir <new directory>`."
