@@ -26,6 +26,13 @@ class RecordRanks(Callback):
                 f"RESTART={os.environ.get('SLURM_RESTART_COUNT', '0')}")
         Path(self.folder, f"rank{trainer.global_rank}.txt").write_text(line + "\n")
 
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Before the module's own hook (non-monitoring callbacks run first): this rank's share of
+        # the epoch's training accuracy counts, "epoch hits1 hits5 seen", into counts<global>.txt.
+        hits = pl_module._train_hits.tolist() if pl_module._train_hits is not None else [0, 0]
+        with open(Path(self.folder, f"counts{trainer.global_rank}.txt"), "a") as f:
+            f.write(f"{trainer.current_epoch} {hits[0]} {hits[1]} {pl_module._train_seen}\n")
+
 
 class Progress(Callback):
     """Rank 0 writes the global step to ``path`` after every batch, sleeping ``sleep_s`` so a test

@@ -127,6 +127,22 @@ def test_resume_continues_the_schedule_where_it_stopped(trained_run, cache_dir, 
     assert scheduler["last_epoch"] == 10  # the LambdaLR counts on from the checkpoint
 
 
+def test_resume_from_a_checkpoint_written_in_the_validation_at_an_epoch_end(cache_dir, tmp_path):
+    # Saved on validation end (not on train epoch end): after epoch 0's last batch, before the
+    # module logs and resets the epoch's training counts. Resumed from it, Lightning replays
+    # epoch 0's end; that must not log a second train/error row nor lose the val/error row.
+    run_dir = tmp_path / "run"
+    on_val_end = ("--checkpoint.save_on_train_epoch_end", "false")
+    main(fit_args(run_dir, cache_dir, *on_val_end, steps=6))  # one epoch of 6 steps
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    raw = torch.load(best, map_location="cpu", weights_only=True)
+    assert raw["global_step"] == 6 and "train_counts" not in raw["resnet_lit"]
+    main(fit_args(run_dir, cache_dir, *on_val_end, "--ckpt_path", str(best), steps=12))
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows if r.get("train/error")] == [0, 1]
+    assert [int(r["epoch"]) for r in rows if r.get("val/error")] == [0, 1]
+
+
 def test_a_second_fit_into_the_same_run_dir_is_refused(trained_run, cache_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(fit_args(trained_run, cache_dir))

@@ -3,6 +3,7 @@ configs/trainer/ddp_cpu.yaml overlay, on real CIFAR-10 images."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -38,3 +39,17 @@ def test_two_process_ddp_on_cpu(repo_root: Path, cifar_root: Path, tmp_path: Pat
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8  # 256 images / 2 ranks / 32 = 4 steps an epoch, 2 epochs
     assert ckpt["epoch"] == 1 and (run_dir / "metrics.csv").is_file()
+    # The logged training error is over both ranks' images: each rank counted its own 128 a
+    # epoch, and the epoch-end figure is the sum of the two shares.
+    counts = {}  # epoch -> [hits1, seen] summed over ranks
+    for rank in (0, 1):
+        lines = (ranks / f"counts{rank}.txt").read_text().split("\n")
+        for epoch, hits1, _, seen in (map(int, line.split()) for line in lines if line):
+            assert seen == 128, f"rank {rank} epoch {epoch}: {seen} images"
+            total = counts.setdefault(epoch, [0, 0])
+            total[0], total[1] = total[0] + hits1, total[1] + seen
+    with open(run_dir / "metrics.csv") as f:
+        logged = {int(r["epoch"]): float(r["train/error"]) for r in csv.DictReader(f) if r.get("train/error")}
+    assert sorted(logged) == sorted(counts) == [0, 1]
+    for epoch, (hits1, seen) in counts.items():
+        assert logged[epoch] == pytest.approx(100 * (1 - hits1 / seen), abs=1e-4)
