@@ -3,6 +3,7 @@
     python benchmarks/_gpu_summary.py fit RUN_DIR CLOCK_JSON WALL_S BATCH OUT_JSON  -> prints the projected 64k time (s)
     python benchmarks/_gpu_summary.py test RUN_DIR OUT_JSON KEY                 -> adds test/error to OUT_JSON
     python benchmarks/_gpu_summary.py summary OUT_DIR                           -> OUT_DIR/summary.md
+    python benchmarks/_gpu_summary.py nest OUT_JSON KEY PART_JSON                -> PART_JSON's figures under KEY in OUT_JSON
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def summary(out_dir: Path) -> None:
     print("\n".join(lines))
 
 
+def nest(out: Path, key: str, part: Path) -> None:
+    res = load(out)
+    res[key] = load(part) or "not produced"
+    out.write_text(json.dumps(res, indent=2) + "\n")
+
+
 if __name__ == "__main__":
     cmd, *a = sys.argv[1:]
     if cmd == "fit":
@@ -125,5 +132,7 @@ if __name__ == "__main__":
         test(Path(a[0]), Path(a[1]), a[2])
     elif cmd == "summary":
         summary(Path(a[0]))
+    elif cmd == "nest":
+        nest(Path(a[0]), a[1], Path(a[2]))
     else:
-        raise SystemExit(f"unknown command {cmd!r}: fit, test or summary")
+        raise SystemExit(f"unknown command {cmd!r}: fit, test, summary or nest")

@@ -16,7 +16,8 @@
 #           recipe + configs/trainer/gpu.yaml, CIFAR_STEPS iterations: iterations/s, 64k projection
 #   full    the paper's full schedule (64k iterations) if the projection fits the time left
 #           (FULL=1 forces it, FULL=0 skips it), then `test` on its last checkpoint
-#   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs)
+#   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs), then
+#           once more with --model.compile_eval false (validation eagerly): key "eager_eval" in its JSON
 #   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
 #   data    data.py on the GPU: CIFAR pipeline vs torchvision (0 and 4 workers), ImageNet decode per worker
 # Everything lands in $OUT as it is produced (8 files at most):
@@ -178,6 +179,12 @@ EOF
     fit_cifar reduce_overhead $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}'
     $PY benchmarks/_gpu_summary.py fit "$WORK/reduce_overhead" "$WORK/reduce_overhead-clock.json" "$FIT_WALL" 128 \
       "$OUT/cifar_reduce_overhead.json" > /dev/null
+    say "cifar_ro: the same with --model.compile_eval false (validation eagerly, no CUDA graphs for it)"
+    fit_cifar ro_eager_eval $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}' \
+      --model.compile_eval false
+    $PY benchmarks/_gpu_summary.py fit "$WORK/ro_eager_eval" "$WORK/ro_eager_eval-clock.json" "$FIT_WALL" 128 \
+      "$WORK/ro_eager_eval.json" > /dev/null
+    $PY benchmarks/_gpu_summary.py nest "$OUT/cifar_reduce_overhead.json" eager_eval "$WORK/ro_eager_eval.json"
     cat "$OUT/cifar_reduce_overhead.json"
     ;;
   data)

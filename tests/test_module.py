@@ -44,3 +44,43 @@ def test_counts_go_into_a_checkpoint_only_mid_epoch() -> None:
     assert fresh._train_hits.tolist() == [1, 3] and fresh._train_seen == 4
     fresh._count_train_hits(logits[:1], torch.tensor([0]))  # counting goes on from there
     assert fresh._train_hits.tolist() == [2, 4] and fresh._train_seen == 5
+
+
+GRAPHS: list[list[tuple[int, ...]]] = []
+
+
+def counting_backend(gm, example_inputs):
+    """A torch.compile backend that records the image shapes of each graph and runs it as it is
+    (module level: Lightning drops hyperparameters it cannot pickle)."""
+    GRAPHS.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.ndim == 4])
+    return gm.forward
+
+
+@pytest.mark.parametrize("compile_eval", [True, False])
+def test_compile_eval_false_never_compiles_the_eval_graph(cifar_root, tmp_path, compile_eval: bool) -> None:
+    """A real fit with validation (batches of 32 and a last one of 16) and a backend that counts
+    the GRAPHS dynamo hands it: eager evaluation leaves only the training graph."""
+    import lightning.pytorch as pl
+
+    from resnet_lit.data import CIFARDataModule
+
+    GRAPHS.clear()
+    torch._dynamo.reset()
+    module = ImageClassifier(arch="resnet20", num_classes=10, width=0.25,
+                             compile={"backend": counting_backend}, compile_eval=compile_eval,
+                             schedule={"unit": "step", "milestones": [100]})
+    data = CIFARDataModule(str(cifar_root), batch_size=32, subset=48)  # val: 32 + 16 images
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    val = trainer.validate(module, data, verbose=False)[0]
+    torch._dynamo.reset()
+    assert 0 <= val["val/error"] <= 100
+    batches = [next(s[0] for s in g if s[1:] == (3, 32, 32)) for g in GRAPHS]  # the images' batch per graph
+    if compile_eval:
+        # training, eval mode (batch 32), the last batch of 16, and eval under trainer.validate's
+        # inference mode: each a compilation (and with CUDA graphs, a recording)
+        assert len(GRAPHS) >= 3 and 16 in batches, batches
+    else:
+        assert batches == [32], batches  # the training graph only

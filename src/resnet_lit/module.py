@@ -53,6 +53,10 @@ class ImageClassifier(pl.LightningModule):
         compile: ``False``, ``True`` or keyword arguments of ``nn.Module.compile`` (``mode``,
             ``fullgraph``, ``dynamic``) for the backbone.
         channels_last: keep weights and inputs in NHWC (faster convolutions on tensor cores).
+        compile_eval: with ``compile``, also run validation, test and predict through the compiled
+            backbone (the default). ``False`` evaluates eagerly: the eval-mode graph is never
+            compiled, so a short last batch or the train/eval switch costs no recompilation and,
+            with ``mode: reduce-overhead``, no CUDA-graph recording (docs/benchmarks.md).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool | dict[str, Any] = False,
         channels_last: bool = False,
+        compile_eval: bool = True,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts (weights_only loading), the module works with dataclasses.
@@ -123,6 +128,8 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self._compiled and not self.training and not self.hparams.compile_eval:
+            return _call_eagerly(self.model, x)
         return self.model(x)
 
     def predict_probs(self, x: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -285,6 +292,15 @@ class ImageClassifier(pl.LightningModule):
 def locals_hparams(frame_locals: dict[str, Any]) -> dict[str, Any]:
     """The constructor's arguments, without ``self`` and the class cell."""
     return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
+
+
+def _call_eagerly(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a module compiled in place (``nn.Module.compile``) without its compiled code."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    if set_stance is not None:
+        with set_stance("force_eager"):
+            return model(x)
+    return model._call_impl(x)  # torch 2.5: the plain call that nn.Module.compile wraps
 
 
 def _per_device_batch(trainer: pl.Trainer) -> int:
