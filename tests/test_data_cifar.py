@@ -170,6 +170,21 @@ def test_augmentation_statistics(cifar_holdout: CIFARDataModule) -> None:
     assert torch.allclose(ev + cifar_holdout.mean, x8.float() / 255, atol=1e-6)
 
 
+def test_training_transform_equals_normalize_then_augment(cifar_holdout: CIFARDataModule) -> None:
+    # transform_batch keeps its padded buffer between calls (only the interior is rewritten): the
+    # output must stay bit-identical to padding afresh, across batch sizes and repeated calls.
+    for n in (64, 64, 16, 64):
+        x8 = cifar_holdout.train_set.x[n : 2 * n]
+        torch.manual_seed(n)
+        ours = cifar_holdout.transform_batch(x8, train=True)
+        torch.manual_seed(n)
+        reference = cifar_augment(normalize(x8, cifar_holdout.mean), pad=4)
+        assert torch.equal(ours, reference)
+    border = cifar_holdout._padded.clone()
+    border[:, :, 4:36, 4:36] = 0
+    assert cifar_holdout._padded.shape == (64, 3, 40, 40) and not bool(border.any())
+
+
 def test_on_after_batch_transfer_follows_trainer_state(cifar_holdout: CIFARDataModule) -> None:
     x8, y = cifar_holdout.train_set[list(range(64))]
     cifar_holdout.trainer = SimpleNamespace(training=False)
