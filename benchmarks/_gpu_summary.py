@@ -4,6 +4,8 @@
     python benchmarks/_gpu_summary.py test RUN_DIR OUT_JSON KEY                 -> adds test/error to OUT_JSON
     python benchmarks/_gpu_summary.py summary OUT_DIR                           -> OUT_DIR/summary.md
     python benchmarks/_gpu_summary.py nest OUT_JSON KEY PART_JSON                -> PART_JSON's figures under KEY in OUT_JSON
+    python benchmarks/_gpu_summary.py faster_eval RO_JSON                        -> "eager" or "compiled": the faster projection
+    python benchmarks/_gpu_summary.py elapsed CKPT                              -> training seconds Lightning's Timer recorded
 """
 
 from __future__ import annotations
@@ -124,6 +126,24 @@ def nest(out: Path, key: str, part: Path) -> None:
     out.write_text(json.dumps(res, indent=2) + "\n")
 
 
+def faster_eval(ro_json: Path) -> str:
+    """Which validation the cifar_ro step projected faster for the 64k schedule ("compiled" if unknown)."""
+    d = load(ro_json)
+    eager = (d.get("eager_eval") or {}).get("projected_64k_s") if isinstance(d.get("eager_eval"), dict) else None
+    compiled = d.get("projected_64k_s")
+    return "eager" if eager is not None and compiled is not None and eager < compiled else "compiled"
+
+
+def elapsed(ckpt: Path) -> int:
+    """Seconds of training that Lightning's Timer callback (trainer.max_time) saved in a checkpoint."""
+    import torch
+
+    c = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    timers = [v for k, v in c.get("callbacks", {}).items() if str(k).startswith("Timer")]
+    print(f"{ckpt}: global_step {c.get('global_step')}", file=sys.stderr)
+    return int(timers[0].get("time_elapsed", {}).get("train", 0)) if timers else 0
+
+
 if __name__ == "__main__":
     cmd, *a = sys.argv[1:]
     if cmd == "fit":
@@ -134,5 +154,9 @@ if __name__ == "__main__":
         summary(Path(a[0]))
     elif cmd == "nest":
         nest(Path(a[0]), a[1], Path(a[2]))
+    elif cmd == "faster_eval":
+        print(faster_eval(Path(a[0])))
+    elif cmd == "elapsed":
+        print(elapsed(Path(a[0])))
     else:
-        raise SystemExit(f"unknown command {cmd!r}: fit, test, summary or nest")
+        raise SystemExit(f"unknown command {cmd!r}: fit, test, summary, nest, faster_eval or elapsed")

@@ -15,7 +15,10 @@
 #   cifar   resnet20 on the real CIFAR-10 archive through `python -m resnet_lit fit` with the
 #           recipe + configs/trainer/gpu.yaml, CIFAR_STEPS iterations: iterations/s, 64k projection
 #   full    the paper's full schedule (64k iterations) if the projection fits the time left
-#           (FULL=1 forces it, FULL=0 skips it), then `test` on its last checkpoint
+#           (FULL=1 forces it, FULL=0 skips it), then `test` on its last checkpoint. Validation
+#           eagerly or compiled: FULL_EVAL=eager|compiled|auto (auto: what cifar_ro found faster).
+#           Across two calls on a machine kept warm: WORK=<fixed folder> FULL_RESUME=1 resumes
+#           $WORK/full from its last.ckpt (max_time then adds this call's budget to the time used).
 #   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs), then
 #           once more with --model.compile_eval false (validation eagerly): key "eager_eval" in its JSON
 #   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
@@ -41,9 +44,11 @@ OUT=${OUT:-$ROOT/bench-out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=${WORK:-$(mktemp -d /tmp/resnet-lit-bench.XXXXXX)}  # run directories: NOT in $OUT (8-file limit)
+mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
 BUDGET_S=${BUDGET_S:-400}
 CIFAR_STEPS=${CIFAR_STEPS:-1500}
 FULL=${FULL:-auto}
+FULL_EVAL=${FULL_EVAL:-auto}
 STEPS=${STEPS:-"env r50 cifar full cifar_ro r20 data"}
 DATA_ROOT=${DATA_ROOT:-$ROOT/.data/cifar10-jpeg}
 PY=${PY:-python3}
@@ -98,7 +103,7 @@ fi
 fit_cifar() {
   local name=$1 steps=$2; shift 2
   local dir=$WORK/$name
-  rm -rf "$dir"
+  [[ ${KEEP_RUN_DIR:-0} == 1 ]] || rm -rf "$dir"
   local t0=$(date +%s%N)
   run_for "$FIT_CAP" $PY -m resnet_lit fit \
     --config configs/cifar10/resnet20.yaml --config $TRAINER \
@@ -194,18 +199,40 @@ EOF
   full)
     PROJ=${PROJ:-1000000000}
     if [[ $FULL == 0 ]]; then say "full: skipped (FULL=0)"; continue; fi
-    if [[ $FULL != 1 ]] && (( PROJ + 40 > $(left) )); then
+    RESUMING=0
+    [[ ${FULL_RESUME:-0} == 1 && -f "$WORK/full/checkpoints/last.ckpt" ]] && RESUMING=1
+    if [[ $FULL != 1 && $RESUMING == 0 ]] && (( PROJ + 40 > $(left) )); then
       say "full: skipped: projected ${PROJ}s + ~40s test > $(left)s left (FULL=1 forces it)"; continue
     fi
-    say "full: resnet20, paper schedule, $FULL_STEPS iterations (projected ${PROJ}s)"
+    # Validation through the compiled graph or eagerly: FULL_EVAL=compiled|eager, or auto = whichever
+    # the cifar_ro step projected faster (compiled when it did not run).
+    # A resumed run keeps the choice of the call that started it ($OUT is new in every call).
+    FULL_EVAL_CHOICE=$FULL_EVAL
+    if [[ $FULL_EVAL == auto && $RESUMING == 1 && -f "$WORK/full-eval.txt" ]]; then
+      FULL_EVAL_CHOICE=$(cat "$WORK/full-eval.txt")
+    elif [[ $FULL_EVAL == auto ]]; then
+      FULL_EVAL_CHOICE=$($PY benchmarks/_gpu_summary.py faster_eval "$OUT/cifar_reduce_overhead.json")
+    fi
+    echo "$FULL_EVAL_CHOICE" > "$WORK/full-eval.txt"
+    EVAL_ARGS=()
+    [[ $FULL_EVAL_CHOICE == eager ]] && EVAL_ARGS=(--model.compile_eval false)
+    say "full: resnet20, paper schedule, $FULL_STEPS iterations (projected ${PROJ}s), validation $FULL_EVAL_CHOICE, resuming: $RESUMING"
     FIT_CAP=100000
     # Keep ~45 s for the test; max_time stops training cleanly (checkpoint written) if it runs long.
     MAXT=$(( $(left) - 45 )); (( MAXT < 30 )) && MAXT=30
+    RESUME_ARGS=()
+    if [[ $RESUMING == 1 ]]; then
+      # Lightning's Timer keeps the elapsed training time in the checkpoint and max_time counts it:
+      # this call's budget goes on top of what the earlier calls used.
+      PREV=$($PY benchmarks/_gpu_summary.py elapsed "$WORK/full/checkpoints/last.ckpt")
+      MAXT=$(( MAXT + PREV )); RESUME_ARGS=(--ckpt_path last)
+    fi
     # checkpoint.monitor null: keep the newest checkpoint every epoch (and last.ckpt with it). With
     # the recipe's monitor, Lightning >= 2.5 rewrites last.ckpt only when val/error improves, so
     # last.ckpt could be epochs old; the test must see the final weights.
-    fit_cifar full "$FULL_STEPS" --trainer.max_time "$(printf '00:%02d:%02d:%02d' $(( MAXT / 3600 )) $(( MAXT / 60 % 60 )) $(( MAXT % 60 )))" \
-      --checkpoint.monitor null --checkpoint.filename "final-{step:07d}"
+    KEEP_RUN_DIR=$RESUMING fit_cifar full "$FULL_STEPS" \
+      --trainer.max_time "$(printf '00:%02d:%02d:%02d' $(( MAXT / 3600 )) $(( MAXT / 60 % 60 )) $(( MAXT % 60 )))" \
+      --checkpoint.monitor null --checkpoint.filename "final-{step:07d}" "${EVAL_ARGS[@]}" "${RESUME_ARGS[@]}"
     cp "$WORK/full/metrics.csv" "$OUT/cifar_full_metrics.csv" 2>/dev/null
     $PY benchmarks/_gpu_summary.py fit "$WORK/full" "$WORK/full-clock.json" "$FIT_WALL" 128 "$OUT/cifar_full.json" > /dev/null
     say "full: test on the last checkpoint"
