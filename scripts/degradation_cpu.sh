@@ -5,7 +5,8 @@
 # draws the figure and the table. Results and the machine they came from: docs/reproduction.md.
 #
 #   scripts/degradation_cpu.sh                      # from the repository root, venv active
-#   DATA=/path/to/cifar10 OUT=runs/deg2 scripts/degradation_cpu.sh --trainer.max_steps 1000
+#   DATA=/path/to/cifar10 OUT=runs/deg2 scripts/degradation_cpu.sh \
+#       --trainer.max_steps 3000 --model.schedule.milestones '[1500, 2250]'   # longer: move the lr drops too
 #
 # The four runs go at once, one thread each (the most work per core on a CPU); extra arguments
 # are passed to every `resnet-lit fit`. Each run logs to $OUT/<net>.log.
