@@ -98,8 +98,8 @@ class ImageClassifier(pl.LightningModule):
             for stage in ("val", "test") for name, k in (("acc1", 1), ("acc5", self._top5))
         })
         # Training accuracy: top-1 and top-5 hits summed on the device and images counted on the
-        # host, on the hot path instead of two torchmetrics updates (a tenth of their host time,
-        # docs/benchmarks.md). Not a buffer: DDP would broadcast rank 0's counts every step.
+        # host, on the hot path instead of two torchmetrics updates (an eighth of their host time on a
+        # CPU, docs/benchmarks.md). Not a buffer: DDP would broadcast rank 0's counts every step.
         self._train_hits: torch.Tensor | None = None
         self._train_seen = 0
         self._compiled = False
@@ -270,7 +270,6 @@ class ImageClassifier(pl.LightningModule):
         run_id = _wandb_run_id(self.trainer) if self._trainer is not None else None
         if run_id:
             checkpoint["wandb_run_id"] = run_id
-
 
     def _epoch_batches_done_and_validating(self) -> bool:
         trainer = self._trainer
