@@ -39,7 +39,7 @@ def test_two_process_ddp_on_cpu(repo_root: Path, cifar_root: Path, tmp_path: Pat
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8  # 256 images / 2 ranks / 32 = 4 steps an epoch, 2 epochs
     assert ckpt["epoch"] == 1 and (run_dir / "metrics.csv").is_file()
-    # The logged training error is over both ranks' images: each rank counted its own 128 a
+    # The logged training error is over both ranks' images: each rank counted its own 128 an
     # epoch, and the epoch-end figure is the sum of the two shares.
     counts = {}  # epoch -> [hits1, seen] summed over ranks
     for rank in (0, 1):

@@ -1,4 +1,5 @@
-"""ImageClassifier's own bookkeeping: the training-accuracy counters against torchmetrics."""
+"""ImageClassifier's own bookkeeping: the training-accuracy counters (against torchmetrics, in
+checkpoints) and evaluation without the compiled code (`compile_eval=False`)."""
 
 from __future__ import annotations
 
