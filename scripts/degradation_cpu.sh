@@ -17,7 +17,7 @@ DATA=${DATA:-../shared/data/cifar10-jpeg}   # train.tar.gz + test.tar.gz (see ..
 OUT=${OUT:-runs/degradation_cpu}             # one run directory per net
 REPORT=${REPORT:-docs/degradation_cpu}       # figure6_cifar10.png and errors.md
 THREADS=${THREADS:-1}                        # torch threads per run
-NETS=(plain20 plain56 resnet20 resnet56)
+NETS=(${NETS:-plain20 plain56 resnet20 resnet56})  # e.g. NETS="resnet20 resnet56"
 
 if [ -e "$OUT" ]; then
     echo "degradation_cpu.sh: $OUT already exists: remove it, or set OUT=<new folder>" >&2
@@ -43,5 +43,5 @@ for i in "${!pids[@]}"; do
 done
 
 resnet-lit report "${NETS[@]/#/$OUT/}" --out "$REPORT" \
-    --title "CIFAR-10, 1,000 iterations on 2 CPU cores: training error (dashed), 1k holdout val error (solid)"
+    --title "${TITLE:-CIFAR-10, 1,000 iterations on 2 CPU cores: training error (dashed), 1k holdout val error (solid)}"
 exit $failed
