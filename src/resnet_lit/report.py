@@ -18,6 +18,7 @@ import csv
 import math
 import re
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,8 @@ def missing_columns(run: Run) -> list[str]:
 
 
 def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, ylim: tuple[float, float] | None = None) -> Path:
-    """Draw Figure 6: plain nets left, ResNets right; train error dashed, val/test error solid.
+    """Draw Figure 6: plain nets left, ResNets right (one panel if only one family has runs);
+    train error dashed, val/test error solid.
 
     Colour follows depth so plain-20 and ResNet-20 match across panels. x is iterations in units
     of 1e4 like the paper (1e3, or plain iterations, for shorter runs such as CPU studies).
@@ -284,10 +286,12 @@ def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, yli
     depths = sorted({r.depth or 0 for r in runs})
     colour_of = {d: _COLORS[i % len(_COLORS)] for i, d in enumerate(depths)}
 
-    fig = Figure(figsize=(10, 4), dpi=100)
-    axes = fig.subplots(1, 2, sharey=True)
-    panels = ((axes[0], [r for r in runs if r.is_plain], "plain"), (axes[1], [r for r in runs if not r.is_plain], "ResNet"))
-    for ax, panel_runs, label in panels:
+    families = [([r for r in runs if r.is_plain], "plain"), ([r for r in runs if not r.is_plain], "ResNet")]
+    if any(family_runs for family_runs, _ in families):  # one panel when only one family has runs
+        families = [(family_runs, label) for family_runs, label in families if family_runs]
+    fig = Figure(figsize=(5 * len(families), 4), dpi=100)
+    axes = list(fig.subplots(1, len(families), sharey=True, squeeze=False)[0])
+    for ax, (panel_runs, label) in zip(axes, families):
         used: set[str] = set()
         for run in panel_runs:
             colour = colour_of[run.depth or 0]
@@ -313,7 +317,8 @@ def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, yli
     axes[0].set_ylabel("error (%)")
     if ylim is not None:
         axes[0].set_ylim(*ylim)
-    fig.suptitle(title or "training error (dashed), test/val error (solid)", fontsize=10)
+    # wrapped to the figure's width (about 60 characters a panel at this size)
+    fig.suptitle(textwrap.fill(title or "training error (dashed), test/val error (solid)", 60 * len(families)), fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     return out
