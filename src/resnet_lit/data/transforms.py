@@ -3,7 +3,7 @@
 Two kinds, split by where they run:
 
 * batch functions on tensors, run on the accelerator after the batch is transferred (the
-  DataModules' ``on_after_batch_transfer``): ``normalize``, ``cifar_augment``, ``pca_lighting``.
+  DataModules' ``on_after_batch_transfer``): ``normalize``, ``cifar_augment`` (``normalize_padded`` + ``crop_and_flip``), ``pca_lighting``.
   Workers then ship uint8 (4x fewer bytes than float) and the GPU does the arithmetic.
 * per-image callables ``(bytes or path, name) -> uint8``, run in DataLoader workers, that decode
   and crop one ImageNet image: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
@@ -95,11 +95,6 @@ def normalize_padded(x: torch.Tensor, mean: torch.Tensor, pad: int, out: torch.T
         out = torch.zeros(shape, dtype=torch.float32, device=x.device)
     out[:, :, pad : pad + h, pad : pad + w].copy_(x).div_(255).sub_(mean.to(x.device))
     return out
-
-
-def cifar_train_batch(x: torch.Tensor, mean: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """uint8 CIFAR batch -> normalised, padded, cropped, flipped float32 batch (the training path)."""
-    return crop_and_flip(normalize_padded(x, mean, pad), pad)
 
 
 @functools.lru_cache(maxsize=8)
