@@ -207,15 +207,15 @@ def test_augment_is_crop_and_flip_of_known_image() -> None:
 
 
 def test_fit_with_lightning_trainer(cifar_root, cifar_cache) -> None:
-    """Through a real Trainer: training batches arrive augmented, validation batches plain, every
-    validation image once."""
+    """Through a real Trainer: training batches arrive augmented, validation batches plain (in
+    batches of eval_batch_size), every validation image once."""
     import lightning as L
 
     class Probe(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             self.fc = torch.nn.Linear(3 * 32 * 32, 10)
-            self.train_shapes, self.val_seen = [], 0
+            self.train_shapes, self.val_seen, self.val_sizes = [], 0, []
 
         def training_step(self, batch, i):
             x, y = batch
@@ -226,17 +226,22 @@ def test_fit_with_lightning_trainer(cifar_root, cifar_cache) -> None:
             x, y = batch
             assert torch.equal(x, normalize(self.trainer.datamodule.val_set.x[self.val_seen : self.val_seen + len(x)], self.trainer.datamodule.mean))
             self.val_seen += len(x)
+            self.val_sizes.append(len(x))
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    dm = CIFARDataModule(str(cifar_root), batch_size=32, subset=200, cache_dir=str(cifar_cache))
+    dm = CIFARDataModule(str(cifar_root), batch_size=32, eval_batch_size=64, subset=200, cache_dir=str(cifar_cache))
     probe = Probe()
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(probe, datamodule=dm)
     assert probe.train_shapes == [((32, 3, 32, 32), torch.float32)] * (200 // 32)  # drop_last: static shapes
     assert probe.val_seen == 200
+    assert probe.val_sizes == [64, 64, 64, 8]  # evaluation keeps the short last batch
+    assert CIFARDataModule(str(cifar_root), batch_size=32).eval_batch_size == 32  # default: batch_size
+    with pytest.raises(ValueError, match="eval_batch_size must be >= 1"):
+        CIFARDataModule(str(cifar_root), eval_batch_size=0)
 
 
 def test_sharding_world_size_two() -> None:
