@@ -14,6 +14,11 @@ sides alike; the figure is the median of the per-pair ratios A/B.
 
     python benchmarks/overhead.py --quick
     python benchmarks/overhead.py --pairs 5 --steps 30 --out overhead.json
+    python benchmarks/overhead.py --batch 16 --width 0.0625 --steps 150 --warmup 10 --bare   # per-step cost, compute taken away
+
+With ``--bare`` a third side runs in each pair: ImageClassifier in a plain Trainer without the
+callbacks, logger and checkpointing the CLI adds, which splits the overhead into Lightning's loop
+and resnet-lit's additions.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, Report, add_common_args, default_data_root, median, print_header, setup_threads, table  # noqa: E402
@@ -66,6 +72,37 @@ def lightning_run(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
     return summarize(StepTimer.results[-1]["stamps"], t0, time.perf_counter())
 
 
+def bare_run(args: argparse.Namespace, hand: "HandLoop") -> dict[str, float]:
+    """Side C (``--bare``): ImageClassifier and CIFARDataModule in a plain ``Trainer`` with no
+    callbacks, logger, checkpointing, progress or model summary: Lightning's own loop, without what
+    `resnet-lit fit` adds. A minus C is the CLI's additions, C minus B Lightning's loop."""
+    import lightning as L
+
+    from resnet_lit.data import CIFARDataModule
+    from resnet_lit.module import ImageClassifier
+    from resnet_lit.schedules import OptimizerConfig, ScheduleConfig
+
+    gpu = args.device == "cuda"
+    dm = CIFARDataModule(str(args.data_root), batch_size=args.batch)
+    model = ImageClassifier(
+        arch=args.arch, num_classes=10, width=args.width, compile=hand.compile, channels_last=hand.channels_last,
+        optimizer=OptimizerConfig(lr=0.1, reference_batch=128),
+        schedule=ScheduleConfig(kind="step", unit="step", milestones=[32000, 48000]),
+    )
+    timer = StepTimer(start=args.warmup, steps=args.steps)
+    trainer = L.Trainer(
+        accelerator=args.device, devices=1, precision="bf16-mixed" if hand.bf16 else "32-true", benchmark=gpu,
+        max_steps=args.warmup + args.steps + 1, limit_val_batches=0, callbacks=[timer], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    n = len(StepTimer.results)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    if len(StepTimer.results) != n + 1:
+        raise RuntimeError("the StepTimer callback did not report: was the fit shorter than warmup + steps?")
+    return summarize(StepTimer.results[-1]["stamps"], t0, time.perf_counter())
+
+
 def summarize(stamps: list[float], t_start: float, t_end: float) -> dict[str, float]:
     """Window total, median step, and the time outside the window (start-up, compile, tear-down)."""
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -84,9 +121,11 @@ class HandLoop:
         self.dm = CIFARDataModule(str(args.data_root), batch_size=args.batch)
         self.dm.setup("fit")
         gpu = self.device.type == "cuda"
-        # The recipe's fast path on a GPU (configs/trainer/gpu.yaml), eager fp32 on a CPU (cpu.yaml).
+        # What side A's trainer overlay sets: bf16 on a GPU (gpu.yaml), fp32 on a CPU (cpu.yaml),
+        # the memory layout as the overlay says, compiled on a GPU unless --compile says otherwise.
+        overlay = yaml.safe_load((REPO_ROOT / "configs" / "trainer" / ("gpu.yaml" if gpu else "cpu.yaml")).read_text())
         self.bf16 = gpu
-        self.channels_last = gpu
+        self.channels_last = bool(overlay.get("model", {}).get("channels_last", False))
         self.compile = gpu if args.compile is None else args.compile
         if gpu:
             torch.backends.cudnn.benchmark = True
@@ -170,6 +209,44 @@ def profile_lightning(args: argparse.Namespace, rep: Report) -> None:
     rep["profile_text"] = out.getvalue()
 
 
+def count_ops(args: argparse.Namespace, rep: Report) -> None:
+    """ATen calls per training step on both sides (a ``TorchDispatchMode`` counts every call): on a
+    GPU nearly every one is a kernel launch, so the difference is what the framework adds to the
+    device's queue. Per step = (count of a 30-step run - count of a 10-step run) / 20, which
+    cancels start-up, sanity checks and tear-down."""
+    import collections
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: collections.Counter = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def per_step(run) -> collections.Counter:
+        counts = []
+        for steps in (10, 30):
+            a = copy.copy(args)
+            a.warmup, a.steps = 2, steps
+            with Count() as mode:
+                run(a)
+            counts.append(mode.calls)
+        return collections.Counter({k: (counts[1][k] - counts[0][k]) / 20 for k in counts[1] | counts[0]})
+
+    with tempfile.TemporaryDirectory(prefix="overhead-ops-") as tmp:
+        fit = per_step(lambda a: lightning_run(a, Path(tmp) / f"run{a.steps}"))
+    hand = per_step(lambda a: HandLoop(a).run())
+    diff = {k: fit[k] - hand[k] for k in fit | hand if fit[k] != hand[k]}
+    rep["aten_calls_per_step"] = {"lightning": sum(fit.values()), "hand": sum(hand.values()), "difference": diff}
+    print(f"\nATen calls per training step: resnet-lit fit {sum(fit.values()):.1f}, hand loop {sum(hand.values()):.1f}")
+    print("  resnet-lit fit minus hand loop: " + ", ".join(f"{k} {v:+g}" for k, v in sorted(diff.items(), key=lambda kv: -abs(kv[1]))))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -186,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=float, default=1.0,
                    help="channel multiplier on both sides; e.g. 0.0625 with --batch 8 makes compute negligible, "
                         "so the step times show the framework's own per-step cost (what matters on a GPU)")
+    p.add_argument("--bare", action="store_true",
+                   help="also time a third side in each pair: ImageClassifier in a plain Trainer with no callbacks, logger or checkpointing")
+    p.add_argument("--ops", action="store_true",
+                   help="after the pairs, count the ATen calls per training step on both sides (kernel launches on a GPU)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after the pairs, profile one more resnet-lit fit (cProfile) and print its top N functions")
     args = p.parse_args(argv)
@@ -200,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "arch": args.arch, "batch": args.batch, "pairs": args.pairs,
         "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "width": args.width,
         "threads": torch.get_num_threads(), "data_root": str(args.data_root),
-        "order": "alternating A (resnet-lit fit) / B (hand loop), median of per-pair ratios",
+        "order": "alternating A (resnet-lit fit) / B (hand loop) [/ C (bare Trainer) with --bare], median of per-pair ratios", "bare": args.bare,
     })
     print_header(rep)
     hand = HandLoop(args)
@@ -209,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.pairs):
             a = lightning_run(args, Path(tmp) / f"run{i}")
             b = hand.run()
+            c = bare_run(args, hand) if args.bare else None
             row = {
                 "pair": i,
                 "ratio": a["median_step_s"] / b["median_step_s"],  # robust to bursts of load from others
@@ -217,10 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                 "lightning_window_s": a["steps_s"], "hand_window_s": b["steps_s"],
                 "lightning_fixed_s": a["fixed_s"], "hand_fixed_s": b["fixed_s"],
             }
+            if c is not None:
+                row["bare_ms_per_step"] = 1e3 * c["median_step_s"]
             rows.append(row)
             rep.append("pairs", row)
+            bare = f", bare Trainer {row['bare_ms_per_step']:.1f} ms/step" if c is not None else ""
             print(f"pair {i}: resnet-lit fit {row['lightning_ms_per_step']:.1f} ms/step, hand loop "
-                  f"{row['hand_ms_per_step']:.1f} ms/step, ratio {row['ratio']:.4f}", flush=True)
+                  f"{row['hand_ms_per_step']:.1f} ms/step{bare}, ratio {row['ratio']:.4f}", flush=True)
     ratio = median(r["ratio"] for r in rows)
     overhead_ms = median(r["lightning_ms_per_step"] - r["hand_ms_per_step"] for r in rows)
     rep["ratio"] = ratio
@@ -230,16 +315,25 @@ def main(argv: list[str] | None = None) -> int:
                            "hand": args.batch * 1e3 / median(r["hand_ms_per_step"] for r in rows)}
     rep["fixed_cost_s"] = {"lightning": median(r["lightning_fixed_s"] for r in rows),
                            "hand": median(r["hand_fixed_s"] for r in rows)}
+    if args.bare:
+        rep["bare_overhead_ms_per_step"] = median(r["bare_ms_per_step"] - r["hand_ms_per_step"] for r in rows)
+        rep["cli_additions_ms_per_step"] = median(r["lightning_ms_per_step"] - r["bare_ms_per_step"] for r in rows)
     rep["target"] = args.target
     rep["meets_target"] = ratio <= args.target
+    if args.ops:
+        count_ops(args, rep)
     if args.profile:
         profile_lightning(args, rep)
     print()
-    print(table(rows, ["pair", "lightning_ms_per_step", "hand_ms_per_step", "ratio", "ratio_window", "lightning_fixed_s", "hand_fixed_s"]))
+    print(table(rows, ["pair", "lightning_ms_per_step", "hand_ms_per_step", *(["bare_ms_per_step"] if args.bare else []),
+                       "ratio", "ratio_window", "lightning_fixed_s", "hand_fixed_s"]))
     print(f"\nratio (median over {len(rows)} pairs of median step times) = {ratio:.4f}  (target <= {args.target}); "
           f"window-total ratio {rep.data['ratio_window']:.4f}; Lightning overhead {overhead_ms:+.2f} ms/step; "
           f"time outside the window per run (start-up, warm-up, tear-down): "
           f"{rep.data['fixed_cost_s']['lightning']:.1f} s (resnet-lit fit) vs {rep.data['fixed_cost_s']['hand']:.1f} s (hand)")
+    if args.bare:
+        print(f"of which Lightning's own loop (bare Trainer minus hand loop) {rep.data['bare_overhead_ms_per_step']:+.2f} ms/step, "
+              f"what resnet-lit fit adds to it (callbacks, logger, checkpointing) {rep.data['cli_additions_ms_per_step']:+.2f} ms/step")
     return 0
 
 
