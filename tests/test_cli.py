@@ -229,3 +229,17 @@ def test_resnet20_overfits_256_real_images(cache_dir, tmp_path):
     assert len(errors) == 40
     assert errors[0] > 50  # it starts at chance level ...
     assert errors[-1] < 5  # ... and ends having learnt every image
+
+
+def test_a_gpu_recipe_on_a_cpu_says_what_to_add(cache_dir, tmp_path, capsys, monkeypatch):
+    """The README's first command on a machine without a GPU: it runs, and says how to run faster."""
+    monkeypatch.setattr("resnet_lit.cli._cpu_has_bf16", lambda: False)  # as on a CPU without bf16 instructions
+    no_steps = ["--data.subset", "64", "--data.cache_dir", str(cache_dir), "--trainer.max_steps", "0",
+                "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
+    main(["fit", "--config", "configs/cifar10/resnet20.yaml", "--trainer.accelerator", "cpu", *no_steps,
+          "--run_dir", str(tmp_path / "gpu_recipe")])
+    err = capsys.readouterr().err
+    assert "note: training on the CPU" in err and "compiled" in err and "bf16-mixed" in err
+    assert "--config configs/trainer/cpu.yaml" in err
+    main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, *no_steps, "--run_dir", str(tmp_path / "cpu_overlay")])
+    assert "note: training on the CPU" not in capsys.readouterr().err
