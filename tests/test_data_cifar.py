@@ -4,6 +4,7 @@ augmentation's statistics; per-rank sharding."""
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,6 +120,9 @@ def test_pickle_with_foreign_objects_is_refused(tmp_path: Path) -> None:
 def test_missing_root_and_offline_download_errors(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         CIFARDataModule(str(tmp_path / "nowhere")).classes
+    monkeypatch.chdir(tmp_path)  # a relative root is also shown as the absolute path it was read as
+    with pytest.raises(FileNotFoundError, match=re.escape(f"nowhere (read as {tmp_path / 'nowhere'})")):
+        CIFARDataModule("nowhere").classes
     with pytest.raises(FileNotFoundError, match="train.tar.gz"):
         CIFARDataModule(str(tmp_path)).classes
 

@@ -25,7 +25,7 @@ import torch
 
 from .cache import cache_root, load_tensors, save_tensors, source_key
 from .decode import BadImageError, bad_image_message, decode_rgb
-from .folder import check_same_classes, find_archive, iter_tar_images, scan_image_folder
+from .folder import check_same_classes, find_archive, iter_tar_images, scan_image_folder, shown
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def detect_source(root: Path) -> tuple[str, list[Path]]:
     """``(kind, paths)`` with kind in pickle10 / pickle100 / archive / folder; a clear error if none."""
     if not root.exists():
         raise FileNotFoundError(
-            f"CIFAR root {root} does not exist. Point root at a folder holding cifar-10-batches-py/ "
+            f"CIFAR root {shown(root)} does not exist. Point root at a folder holding cifar-10-batches-py/ "
             "(or cifar-100-python/), train.tar.gz + test.tar.gz, or train/<class>/ + test/<class>/; "
             "or pass download=True on a machine with internet access."
         )

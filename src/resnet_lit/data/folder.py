@@ -23,10 +23,15 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def shown(path: Path) -> str:
+    """``path`` for an error message; a relative one also as the absolute path it was read as."""
+    return str(path) if path.is_absolute() else f"{path} (read as {path.absolute()})"
+
+
 def require_path(path: Path, what: str, hint: str = "") -> Path:
     """``path`` if it exists, else a ``FileNotFoundError`` saying what was expected there."""
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} does not exist. {hint}".rstrip())
+        raise FileNotFoundError(f"{what} not found: {shown(path)} does not exist. {hint}".rstrip())
     return path
 
 
