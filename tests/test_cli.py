@@ -243,3 +243,16 @@ def test_a_gpu_recipe_on_a_cpu_says_what_to_add(cache_dir, tmp_path, capsys, mon
     assert "--config configs/trainer/cpu.yaml" in err
     main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, *no_steps, "--run_dir", str(tmp_path / "cpu_overlay")])
     assert "note: training on the CPU" not in capsys.readouterr().err
+
+
+def test_init_weights_that_cannot_start_the_run_is_one_message(cache_dir, tmp_path, capsys):
+    """The weights are read when fit starts, after the parser: a missing file still gets one message
+    naming the flag and the path, no traceback, and no checkpoint that would block the next try."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(run_dir, cache_dir, "--model.init_weights", str(tmp_path / "nope.pth")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--model.init_weights {tmp_path / 'nope.pth'}: weights file not found" in err
+    assert "--model.init_weights null" in err and "Traceback" not in err
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()

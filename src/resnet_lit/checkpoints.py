@@ -41,6 +41,11 @@ _SAFE_GLOBALS = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, 
 _CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 
+class InitWeightsError(ValueError):
+    """``init_weights`` cannot start this run: the file is missing, unsafe, or does not fit the model.
+    The CLI prints its message alone, without a traceback."""
+
+
 class UnsafeCheckpointError(ValueError):
     """The file is a pickle that would import or call arbitrary objects when loaded."""
 
@@ -164,7 +169,8 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        where = "" if path.is_absolute() else f" (read as {path.absolute()})"
+        raise FileNotFoundError(f"weights file not found: {path}{where}")
     if path.suffix == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
         metadata.setdefault("source", "safetensors")

@@ -25,6 +25,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 
 from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
+from resnet_lit.checkpoints import InitWeightsError
 from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter
 from resnet_lit.checkpoint_io import AtomicCheckpointIO
@@ -209,6 +210,9 @@ def main(args: list[str] | None = None) -> None:
         # jsonargparse would print a page of usage first; the message alone names the key.
         command = " ".join(a for a in args[:1] if a in SUBCOMMANDS)
         _fail(f"{str(error).strip()}\n(`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
+    except InitWeightsError as error:  # raised when fit starts, after the parser and the classes
+        _fail(f"--model.{error}\nGive a file to start from (a resnet-lit .ckpt, a torchvision or timm "
+              ".pth, a .safetensors), or --model.init_weights null for random weights.")
 
 
 def _cli(args: list[str] | None) -> ResNetCLI:

@@ -119,9 +119,12 @@ class ImageClassifier(pl.LightningModule):
         # After a resume's restore (trainer.ckpt_path is known only now): a resumed run keeps its
         # own weights and never reads init_weights again, which may be gone by then.
         if self.hparams.init_weights and self.trainer.ckpt_path is None:
-            from resnet_lit.checkpoints import load_weights
+            from resnet_lit.checkpoints import InitWeightsError, load_weights
 
-            load_weights(self.model, self.hparams.init_weights)  # in place; errors name the file
+            try:
+                load_weights(self.model, self.hparams.init_weights)  # in place
+            except (OSError, ValueError) as error:  # missing, unreadable, unsafe, or another net's weights
+                raise InitWeightsError(f"init_weights {self.hparams.init_weights}: {error}") from error
             rank_zero_info(f"initial weights from {self.hparams.init_weights}")
 
     # --------------------------------------------------------------------------------- forward
