@@ -49,6 +49,13 @@ def test_counts_and_classes(woof: ImageNetDataModule) -> None:
     assert torch.bincount(torch.tensor([y for _, y in woof.val_set.samples])).tolist() == [30] * 10
 
 
+def test_given_classes_replace_the_folder_scan_and_must_match_it(imagewoof_root, woof_cache) -> None:
+    assert make_dm(imagewoof_root.parent / "absent", woof_cache, classes=WNIDS).num_classes == 10  # no folder read
+    dm = make_dm(imagewoof_root, woof_cache, classes=WNIDS[:9] + ["n00000000"])
+    with pytest.raises(ValueError, match=r"class folders differ between the given classes and .*/val"):
+        dm.setup("validate")
+
+
 def test_archives_are_extracted_once(woof: ImageNetDataModule, imagewoof_root, woof_cache, monkeypatch) -> None:
     def no_extract(*a, **k):
         raise AssertionError("extracted again")

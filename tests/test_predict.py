@@ -75,6 +75,9 @@ def test_class_names_fallbacks(hparam_names, data_classes, expected, tmp_path: P
     writer = PredictionWriter(top_k=2)
     writer.on_predict_start(trainer, module)
     _probs_row(writer, module, trainer, torch.tensor([[0.7, 0.2, 0.1]]), ["img.jpg"])
+    assert not (tmp_path / "predictions.csv").exists()  # until every image is done
+    writer.on_predict_end(trainer, module)
+    assert not (tmp_path / "predictions.csv.partial").exists()
     with (tmp_path / "predictions.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert row == {"file": "img.jpg", "class1": expected, "prob1": "0.700000",
@@ -92,3 +95,36 @@ def test_writer_rejects_wrong_outputs(tmp_path: Path) -> None:
         _probs_row(writer, SimpleNamespace(hparams={}), trainer, torch.zeros(2, 3), ["a.jpg"])
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         PredictionWriter(top_k=0)
+
+
+def test_predict_needs_no_training_data_and_names_a_bad_image(imagewoof_root: Path, tmp_path: Path, repo_root: Path, capsys) -> None:
+    """The class names come from the checkpoint, so predicting on another machine needs only the
+    checkpoint and the photos; a broken photo stops the run with one message and no CSV that looks complete."""
+    classes = [f"breed_{i}" for i in range(10)]
+    images = tmp_path / "to_label"
+    images.mkdir()
+    for i, (_, name, data) in enumerate(read_imagewoof(imagewoof_root, per_class=1, classes=3)):
+        (images / f"photo_{i}{Path(name).suffix}").write_bytes(data)
+    module = ImageClassifier(arch="resnet18", num_classes=10, class_names=classes)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(ckpt := tmp_path / "model.ckpt")
+    out = tmp_path / "preds.csv"
+    argv = [
+        "predict", "--config", str(repo_root / "configs/r18.yaml"), "--config", str(repo_root / "configs/trainer/cpu.yaml"),
+        "--ckpt_path", str(ckpt), "--data.root", str(tmp_path / "no_training_data_here"), "--data.predict_path", str(images),
+        "--data.batch_size", "2", "--data.num_workers", "0", "--run_dir", str(tmp_path / "run"), "--predictions.output", str(out),
+    ]  # fmt: skip
+    main(argv)
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["class1"] in classes for r in rows)
+
+    out.unlink()
+    (images / "photo_9.jpg").write_bytes(sorted(images.iterdir())[0].read_bytes()[:500])  # a truncated copy, read last
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "bad image file" in err and "photo_9.jpg" in err and "--data.on_bad_image skip" in err and "Traceback" not in err
+    assert not out.exists() and out.with_name("preds.csv.partial").exists()

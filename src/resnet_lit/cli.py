@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule
 
 from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
 from resnet_lit.checkpoints import InitWeightsError
+from resnet_lit.data.decode import BadImageError
 from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter
 from resnet_lit.checkpoint_io import AtomicCheckpointIO
@@ -82,6 +83,8 @@ class ResNetCLI(LightningCLI):
             config.weights_only = True  # our checkpoints hold plain data: never unpickle code
         if self.subcommand == "fit" and not ckpt_path:
             _refuse_to_overwrite(Path(config.checkpoint.dirpath), run_dir)
+        if self.subcommand == "predict" and ckpt_path:
+            _classes_from_checkpoint(config, ckpt_path)
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml
         log_dir = run_dir if self.subcommand == "fit" else run_dir / str(self.subcommand)
         for logger in _as_list(config.trainer.logger):
@@ -159,6 +162,19 @@ def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None, appending: 
             args.resume = "allow"  # a WandbLogger parameter; a dict_kwargs entry fails config validation
 
 
+def _classes_from_checkpoint(config: Any, ckpt_path: str) -> None:
+    """predict: the class names the checkpoint was trained with, so that the DataModule need not read
+    them from training folders that may not be on this machine."""
+    init_args = getattr(config.data, "init_args", None)
+    if init_args is None or "classes" not in init_args or init_args.classes is not None:
+        return  # a DataModule without the option, or classes given by the user
+    import torch
+
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    if hparams.get("class_names"):
+        init_args.classes = list(hparams["class_names"])
+
+
 def _wandb_id_from_checkpoint(path: str) -> str | None:
     import torch
 
@@ -210,9 +226,20 @@ def main(args: list[str] | None = None) -> None:
         # jsonargparse would print a page of usage first; the message alone names the key.
         command = " ".join(a for a in args[:1] if a in SUBCOMMANDS)
         _fail(f"{str(error).strip()}\n(`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
+    except BadImageError as error:  # the message names the file and the two ways on
+        _fail(f"{_worker_message(error)} (On the command line: --data.on_bad_image skip.)")
     except InitWeightsError as error:  # raised when fit starts, after the parser and the classes
         _fail(f"--model.{error}\nGive a file to start from (a resnet-lit .ckpt, a torchvision or timm "
               ".pth, a .safetensors), or --model.init_weights null for random weights.")
+
+
+def _worker_message(error: BaseException) -> str:
+    """The error's own message; a DataLoader worker re-raises it wrapped in the worker's traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(f"{type(error).__name__}: ", 1)[-1]
+    return text
 
 
 def _cli(args: list[str] | None) -> ResNetCLI:

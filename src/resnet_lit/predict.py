@@ -3,8 +3,10 @@
     file,class1,prob1,class2,prob2,...,class5,prob5
     /data/dogs/a.jpg,n02099601,0.912345,n02088364,0.041234,...
 
-Rows are written batch by batch (nothing accumulates in memory on a large folder). With several
-processes (DDP) each rank writes its own file, `predictions.rank<R>.csv`.
+Rows are written batch by batch (nothing accumulates in memory on a large folder) into
+`predictions.csv.partial`, renamed to `predictions.csv` when every image is done: a run that stops
+half-way leaves a file that says so and keeps an earlier complete CSV. With several processes (DDP)
+each rank writes its own file, `predictions.rank<R>.csv`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class PredictionWriter(BasePredictionWriter):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.output, self.top_k = output, top_k
-        self.path: Path | None = None
+        self.path: Path | None = None  # the CSV, once complete
+        self.partial: Path | None = None  # where rows go until then
         self._names: list[str] | None = None
         self._rows = 0
 
@@ -60,9 +63,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.path = self._file(trainer)
+        self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._names, self._rows = None, 0
-        self.path.write_text("")  # a fresh file per predict run
+        self.partial.write_text("")  # a fresh file per predict run
 
     def write_on_batch_end(
         self,
@@ -76,7 +80,7 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         if not isinstance(prediction, dict) or "paths" not in prediction or "probs" not in prediction:
             raise TypeError(f"PredictionWriter needs predict_step to return {{'paths', 'probs'}}, got {type(prediction).__name__}")
-        assert self.path is not None
+        assert self.partial is not None
         probs: torch.Tensor = prediction["probs"].detach().float().cpu()
         paths = list(prediction["paths"])
         if len(paths) != probs.shape[0]:
@@ -85,7 +89,7 @@ class PredictionWriter(BasePredictionWriter):
         if self._names is None:
             self._names = class_names_for(pl_module, trainer, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
-        with self.path.open("a", newline="") as f:
+        with self.partial.open("a", newline="") as f:
             writer = csv.writer(f)
             if self._rows == 0:
                 writer.writerow(["file"] + [c for j in range(1, k + 1) for c in (f"class{j}", f"prob{j}")])
@@ -94,6 +98,12 @@ class PredictionWriter(BasePredictionWriter):
         self._rows += len(paths)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.partial is not None and self.path is not None
+        self.partial.replace(self.path)
         log.info("wrote %d predictions to %s", self._rows, self.path)
         if trainer.is_global_zero:
             print(f"predictions: {self.path} ({self._rows} images)")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.partial is not None and self.partial.exists():
+            log.warning("predict stopped: the %d rows written so far are in %s", self._rows, self.partial)

@@ -49,6 +49,7 @@ class ImageNetDataModule(L.LightningDataModule):
         scan: bool = False,
         cache_dir: str | None = None,
         pin_memory: bool | None = None,
+        classes: list[str] | None = None,
     ) -> None:
         """ImageNet, or any folder of images sorted into one sub-folder per class.
 
@@ -78,6 +79,9 @@ class ImageNetDataModule(L.LightningDataModule):
                 reported before the first step, not hours in; with "skip" the bad files are dropped.
             cache_dir: where archives are extracted (default ``$RESNET_LIT_CACHE`` or ``~/.cache/resnet_lit``).
             pin_memory: pinned host memory (default: when CUDA is available).
+            classes: the class names in label order, instead of reading them from the split folders
+                (which must then name the same classes). ``resnet-lit predict`` fills it from the
+                checkpoint, so predicting needs no training data on the machine.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -98,7 +102,8 @@ class ImageNetDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalization == "mean_std" else None
-        self._classes: list[str] | None = None
+        self._classes: list[str] | None = list(classes) if classes is not None else None
+        self._classes_given = classes is not None
         self._splits: dict[str, list[tuple[str, int]]] = {}
         self._scan_done: set[str] = set()
         self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -118,7 +123,8 @@ class ImageNetDataModule(L.LightningDataModule):
                     f"or {self.root}/{split}.tar.gz"
                 )
             classes, samples = scan_image_folder(d, on_bad_image=self.on_bad_image)
-            check_same_classes(self.classes, classes, f"{self.root}/{self._first_split()}", f"{self.root}/{split}")
+            where = "the given classes" if self._classes_given else f"{self.root}/{self._first_split()}"
+            check_same_classes(self.classes, classes, where, f"{self.root}/{split}")
             self._splits[split] = samples
         return self._splits[split]
 
