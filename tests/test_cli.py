@@ -106,6 +106,35 @@ def test_validate_and_test_from_checkpoint(trained_run, cache_dir, capsys):
     assert len([r for r in read_metrics(trained_run) if r.get("train/loss")]) == 6
 
 
+def test_evaluation_needs_weights_and_takes_init_weights_as_they_are(trained_run, cache_dir, tmp_path, capsys):
+    """validate / test without --ckpt_path would measure random weights: refused, naming both ways;
+    with --model.init_weights they are what gets evaluated (the same error as from the checkpoint),
+    but only if they fit as they are: a re-initialised classifier would measure nothing."""
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir", str(cache_dir)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *common, "--run_dir", str(tmp_path / "none")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "test needs trained weights" in err and "--ckpt_path" in err and "--model.init_weights" in err
+
+    def val_loss(run_dir: Path) -> float:  # continuous, unlike a 64-image error: equal only for equal weights
+        return next(float(r["val/loss"]) for r in read_metrics(run_dir / "validate") if r.get("val/loss"))
+
+    main(["validate", *common, "--run_dir", str(tmp_path / "from_ckpt"), "--ckpt_path", ckpt])
+    main(["validate", *common, "--run_dir", str(tmp_path / "from_init"), "--model.init_weights", ckpt])
+    assert val_loss(tmp_path / "from_init") == pytest.approx(val_loss(tmp_path / "from_ckpt"), rel=1e-6)
+    capsys.readouterr()
+    from resnet_lit.models import create_model
+
+    torch.save(create_model("resnet20", num_classes=100).state_dict(), other := tmp_path / "cifar100_r20.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", *common, "--run_dir", str(tmp_path / "other_head"), "--model.init_weights", str(other)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fc.weight file [100, 64] vs model [10, 64]" in err and "must fit the model as they are" in err
+    assert "Traceback" not in err
+
 def test_resume_continues_the_schedule_where_it_stopped(trained_run, cache_dir, tmp_path):
     run_dir = tmp_path / "resumed"
     import shutil

@@ -85,6 +85,12 @@ class ResNetCLI(LightningCLI):
             _refuse_to_overwrite(Path(config.checkpoint.dirpath), run_dir)
         if self.subcommand == "predict" and ckpt_path:
             _classes_from_checkpoint(config, ckpt_path)
+        if self.subcommand in ("validate", "test", "predict") and not ckpt_path and not config.model.init_weights:
+            _fail(
+                f"{self.subcommand} needs trained weights, or it would evaluate a randomly initialised network: "
+                f"--ckpt_path PATH (a run's checkpoint; `--ckpt_path last` is {Path(config.checkpoint.dirpath) / 'last.ckpt'}), "
+                "or --model.init_weights PATH (torchvision, timm, safetensors or resnet-lit weights)."
+            )
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml
         log_dir = run_dir if self.subcommand == "fit" else run_dir / str(self.subcommand)
         for logger in _as_list(config.trainer.logger):
@@ -112,6 +118,14 @@ class ResNetCLI(LightningCLI):
 
     def before_fit(self) -> None:
         _cpu_note(self.trainer, self.model)
+
+    def _evaluate_init_weights(self) -> None:
+        # validate / test / predict without --ckpt_path evaluate --model.init_weights (fit reads them
+        # in on_fit_start; a checkpoint, when given, is what Lightning restores and evaluates).
+        if not getattr(self.config_init[self.subcommand], "ckpt_path", None):
+            self.model._load_init_weights(num_classes_change="error")
+
+    before_validate = before_test = before_predict = _evaluate_init_weights
 
 
 def _cpu_note(trainer: Trainer, model: Any) -> None:
@@ -228,9 +242,12 @@ def main(args: list[str] | None = None) -> None:
         _fail(f"{str(error).strip()}\n(`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
     except BadImageError as error:  # the message names the file and the two ways on
         _fail(f"{_worker_message(error)} (On the command line: --data.on_bad_image skip.)")
-    except InitWeightsError as error:  # raised when fit starts, after the parser and the classes
-        _fail(f"--model.{error}\nGive a file to start from (a resnet-lit .ckpt, a torchvision or timm "
-              ".pth, a .safetensors), or --model.init_weights null for random weights.")
+    except InitWeightsError as error:  # raised when the run starts, after the parser and the classes
+        if args[0] == "fit":
+            _fail(f"--model.{error}\nGive a file to start from (a resnet-lit .ckpt, a torchvision or timm "
+                  ".pth, a .safetensors), or --model.init_weights null for random weights.")
+        _fail(f"--model.{error}\nTo evaluate, the weights must fit the model as they are, classifier included "
+              "(the same arch and class count); a fine-tuned run's checkpoint goes in with --ckpt_path.")
 
 
 def _worker_message(error: BaseException) -> str:

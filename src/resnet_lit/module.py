@@ -119,13 +119,19 @@ class ImageClassifier(pl.LightningModule):
         # After a resume's restore (trainer.ckpt_path is known only now): a resumed run keeps its
         # own weights and never reads init_weights again, which may be gone by then.
         if self.hparams.init_weights and self.trainer.ckpt_path is None:
-            from resnet_lit.checkpoints import InitWeightsError, load_weights
+            self._load_init_weights()
 
-            try:
-                load_weights(self.model, self.hparams.init_weights)  # in place
-            except (OSError, ValueError) as error:  # missing, unreadable, unsafe, or another net's weights
-                raise InitWeightsError(f"init_weights {self.hparams.init_weights}: {error}") from error
-            rank_zero_info(f"initial weights from {self.hparams.init_weights}")
+    def _load_init_weights(self, num_classes_change: str = "reinit") -> None:
+        """``init_weights`` into the backbone, in place; InitWeightsError if they cannot be. The CLI
+        also calls this for validate / test / predict without a checkpoint, with
+        ``num_classes_change="error"``: a classifier re-initialised at random measures nothing."""
+        from resnet_lit.checkpoints import InitWeightsError, load_weights
+
+        try:
+            load_weights(self.model, self.hparams.init_weights, num_classes_change=num_classes_change)  # in place
+        except (OSError, ValueError) as error:  # missing, unreadable, unsafe, or another net's weights
+            raise InitWeightsError(f"init_weights {self.hparams.init_weights}: {error}") from error
+        rank_zero_info(f"initial weights from {self.hparams.init_weights}")
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
