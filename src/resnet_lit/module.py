@@ -45,7 +45,8 @@ class ImageClassifier(pl.LightningModule):
         class_names: class names in label order (linked from the DataModule, kept in checkpoints
             so ``predict`` names classes without the training data).
         init_weights: weights to start from (a resnet-lit checkpoint, a state dict, a safetensors
-            file or torchvision/timm weights). Not a resume: ``--ckpt_path`` resumes a run.
+            file or torchvision/timm weights), read when ``fit`` starts. Not a resume: ``--ckpt_path``
+            resumes a run. ``resnet-lit validate/test/predict`` without ``--ckpt_path`` evaluate them.
         freeze: ``none``, ``backbone`` (all but the classifier) or ``stageK`` (stem up to stage K).
         optimizer: see ``OptimizerConfig``; lr is per ``reference_batch`` images.
         schedule: see ``ScheduleConfig``.
