@@ -153,3 +153,14 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, r
     ids = {p.name.rsplit("-", 1)[-1] for p in runs}
     assert len(runs) == 2 and len(ids) == 1, [p.name for p in runs]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["wandb_run_id"] in ids
+
+
+def test_the_template_run_without_sbatch_says_how_to_submit_it(repo_root: Path) -> None:
+    """`bash train.sbatch ...` (a common slip) stops at once, saying to use sbatch, not on an unset SLURM variable."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    res = subprocess.run(["bash", str(repo_root / "scripts/slurm/train.sbatch"), "configs/r50.yaml"],
+                         cwd=repo_root, env=env, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2
+    assert "submit it with sbatch" in res.stderr and "configs/r50.yaml" in res.stderr and "unbound" not in res.stderr
