@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -157,8 +158,6 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, r
 
 def test_the_template_run_without_sbatch_says_how_to_submit_it(repo_root: Path) -> None:
     """`bash train.sbatch ...` (a common slip) stops at once, saying to use sbatch, not on an unset SLURM variable."""
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     res = subprocess.run(["bash", str(repo_root / "scripts/slurm/train.sbatch"), "configs/r50.yaml"],
                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=30)
