@@ -60,6 +60,17 @@ def fit(run_dir: Path, clock: Path, wall_s: float, batch: int, out: Path) -> Non
         res["projected_64k_s"] = (outside + (c.get("startup_s") or 0) + (c.get("warm_steps_s") or 0)
                                   + PAPER_STEPS * c["mean_step_s"] + (PAPER_STEPS // EPOCH_STEPS) * max(0.0, epoch_end))
         res["projected_64k_steps_only_s"] = PAPER_STEPS * c["mean_step_s"]
+    config = run_dir / "config.yaml"  # what the run used, as LightningCLI saved it
+    if config.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(config.read_text()) or {}
+        model, data = cfg.get("model") or {}, (cfg.get("data") or {}).get("init_args") or {}
+        res["settings"] = {
+            "precision": (cfg.get("trainer") or {}).get("precision"), "compile": model.get("compile"),
+            "compile_eval": model.get("compile_eval"), "channels_last": model.get("channels_last"),
+            "batch_size": data.get("batch_size"), "eval_batch_size": data.get("eval_batch_size"),
+        }
     rows = read_metrics(run_dir)
     ips = column(rows, "train/images_per_s")
     if ips:  # the product's own Throughput callback, for comparison

@@ -19,6 +19,8 @@
 #           eagerly or compiled: FULL_EVAL=eager|compiled|auto (auto: what cifar_ro found faster).
 #           Across two calls on a machine kept warm: WORK=<fixed folder> FULL_RESUME=1 resumes
 #           $WORK/full from its last.ckpt (max_time then adds this call's budget to the time used).
+#           FULL_ARGS: more `fit` arguments for it (e.g. "--data.eval_batch_size 1000"); give the
+#           same in both calls.
 #   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs), then
 #           once more with --model.compile_eval false (validation eagerly): key "eager_eval" in its JSON
 #   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
@@ -49,6 +51,7 @@ BUDGET_S=${BUDGET_S:-400}
 CIFAR_STEPS=${CIFAR_STEPS:-1500}
 FULL=${FULL:-auto}
 FULL_EVAL=${FULL_EVAL:-auto}
+FULL_ARGS=${FULL_ARGS:-}
 STEPS=${STEPS:-"env r50 cifar full cifar_ro r20 data"}
 DATA_ROOT=${DATA_ROOT:-$ROOT/.data/cifar10-jpeg}
 PY=${PY:-python3}
@@ -216,7 +219,7 @@ EOF
     echo "$FULL_EVAL_CHOICE" > "$WORK/full-eval.txt"
     EVAL_ARGS=()
     [[ $FULL_EVAL_CHOICE == eager ]] && EVAL_ARGS=(--model.compile_eval false)
-    say "full: resnet20, paper schedule, $FULL_STEPS iterations (projected ${PROJ}s), validation $FULL_EVAL_CHOICE, resuming: $RESUMING"
+    say "full: resnet20, paper schedule, $FULL_STEPS iterations (projected ${PROJ}s), validation $FULL_EVAL_CHOICE, resuming: $RESUMING${FULL_ARGS:+, extra: $FULL_ARGS}"
     FIT_CAP=100000
     # Keep ~45 s for the test; max_time stops training cleanly (checkpoint written) if it runs long.
     MAXT=$(( $(left) - 45 )); (( MAXT < 30 )) && MAXT=30
@@ -232,7 +235,8 @@ EOF
     # last.ckpt could be epochs old; the test must see the final weights.
     KEEP_RUN_DIR=$RESUMING fit_cifar full "$FULL_STEPS" \
       --trainer.max_time "$(printf '00:%02d:%02d:%02d' $(( MAXT / 3600 )) $(( MAXT / 60 % 60 )) $(( MAXT % 60 )))" \
-      --checkpoint.monitor null --checkpoint.filename "final-{step:07d}" "${EVAL_ARGS[@]}" "${RESUME_ARGS[@]}"
+      --checkpoint.monitor null --checkpoint.filename "final-{step:07d}" "${EVAL_ARGS[@]}" "${RESUME_ARGS[@]}" \
+      $FULL_ARGS  # word-split on purpose: several arguments
     cp "$WORK/full/metrics.csv" "$OUT/cifar_full_metrics.csv" 2>/dev/null
     $PY benchmarks/_gpu_summary.py fit "$WORK/full" "$WORK/full-clock.json" "$FIT_WALL" 128 "$OUT/cifar_full.json" > /dev/null
     say "full: test on the last checkpoint"
