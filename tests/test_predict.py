@@ -16,19 +16,30 @@ from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter, class_names_for
 
 
+def _photos(imagewoof_root: Path, folder: Path, n: int) -> Path:
+    """``n`` real photographs (one per class) as photo_<i>.<ext> in ``folder``: what a user labels."""
+    folder.mkdir()
+    for i, (_, name, data) in enumerate(read_imagewoof(imagewoof_root, per_class=1, classes=n)):
+        (folder / f"photo_{i}{Path(name).suffix}").write_bytes(data)
+    return folder
+
+
+def _untrained_checkpoint(classes: list[str], path: Path) -> Path:
+    """A resnet-lit checkpoint of a 10-class ResNet-18 that records its class names."""
+    module = ImageClassifier(arch="resnet18", num_classes=10, class_names=classes)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
 def test_predict_cli_writes_top5_csv(imagewoof_root: Path, tmp_path: Path, repo_root: Path) -> None:
     root = tmp_path / "woof"  # the DataModule's root: class names come from its folders
     extract_folder(imagewoof_root, root / "train", per_class=1, split="train")
     extract_folder(imagewoof_root, root / "val", per_class=1, split="val")
     classes = sorted(p.name for p in (root / "train").iterdir())
-    images = tmp_path / "to_label"
-    images.mkdir()
-    for i, (_, name, data) in enumerate(read_imagewoof(imagewoof_root, per_class=1, classes=7)):
-        (images / f"photo_{i}{Path(name).suffix}").write_bytes(data)
-    module = ImageClassifier(arch="resnet18", num_classes=10, class_names=classes)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(ckpt := tmp_path / "model.ckpt")
+    images = _photos(imagewoof_root, tmp_path / "to_label", 7)
+    ckpt = _untrained_checkpoint(classes, tmp_path / "model.ckpt")
 
     out = tmp_path / "preds.csv"
     main([
@@ -101,14 +112,8 @@ def test_predict_needs_no_training_data_and_names_a_bad_image(imagewoof_root: Pa
     """The class names come from the checkpoint, so predicting on another machine needs only the
     checkpoint and the photos; a broken photo stops the run with one message and no CSV that looks complete."""
     classes = [f"breed_{i}" for i in range(10)]
-    images = tmp_path / "to_label"
-    images.mkdir()
-    for i, (_, name, data) in enumerate(read_imagewoof(imagewoof_root, per_class=1, classes=3)):
-        (images / f"photo_{i}{Path(name).suffix}").write_bytes(data)
-    module = ImageClassifier(arch="resnet18", num_classes=10, class_names=classes)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(ckpt := tmp_path / "model.ckpt")
+    images = _photos(imagewoof_root, tmp_path / "to_label", 3)
+    ckpt = _untrained_checkpoint(classes, tmp_path / "model.ckpt")
     out = tmp_path / "preds.csv"
     argv = [
         "predict", "--config", str(repo_root / "configs/r18.yaml"), "--config", str(repo_root / "configs/trainer/cpu.yaml"),
