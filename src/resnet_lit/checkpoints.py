@@ -54,8 +54,9 @@ class UnsafeCheckpointError(ValueError):
 # reading files
 
 
-def _torch_load(path: Path) -> Any:
+def safe_torch_load(path: str | Path) -> Any:
     """`torch.load` restricted to tensors and plain containers, memory-mapped where the format allows."""
+    path = Path(path)
     safe = getattr(torch.serialization, "safe_globals", None)
 
     def load(mmap: bool) -> Any:
@@ -169,14 +170,15 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        where = "" if path.is_absolute() else f" (read as {path.absolute()})"
-        raise FileNotFoundError(f"weights file not found: {path}{where}")
+        from resnet_lit.data.folder import shown
+
+        raise FileNotFoundError(f"weights file not found: {shown(path)}")
     if path.suffix == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
         metadata.setdefault("source", "safetensors")
         return clean_state_dict(state_dict), metadata
 
-    obj = _torch_load(path)
+    obj = safe_torch_load(path)
     metadata: dict[str, Any] = {}
     if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
         hparams = _plain(obj.get("hyper_parameters") or {})

@@ -25,7 +25,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 
 from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
-from resnet_lit.checkpoints import InitWeightsError
+from resnet_lit.checkpoints import InitWeightsError, safe_torch_load
 from resnet_lit.data.decode import BadImageError
 from resnet_lit.module import ImageClassifier
 from resnet_lit.predict import PredictionWriter
@@ -182,17 +182,13 @@ def _classes_from_checkpoint(config: Any, ckpt_path: str) -> None:
     init_args = getattr(config.data, "init_args", None)
     if init_args is None or "classes" not in init_args or init_args.classes is not None:
         return  # a DataModule without the option, or classes given by the user
-    import torch
-
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    hparams = safe_torch_load(ckpt_path).get("hyper_parameters", {})
     if hparams.get("class_names"):
         init_args.classes = list(hparams["class_names"])
 
 
 def _wandb_id_from_checkpoint(path: str) -> str | None:
-    import torch
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = safe_torch_load(path)
     return checkpoint.get("wandb_run_id")
 
 
