@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +59,22 @@ def lightning_run(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
         argv += ["--model.compile", "true" if args.compile else "false"]
     if args.width != 1.0:
         argv += ["--model.width", str(args.width)]
+
+    def fit() -> None:
+        saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees ours too
+        try:
+            cli_main(argv)
+        finally:
+            sys.argv = saved_argv
+
+    return timed_fit(fit)
+
+
+def timed_fit(fit: Callable[[], None]) -> dict[str, float]:
+    """Run one fit that carries a StepTimer callback; summarise the window it stamped."""
     n = len(StepTimer.results)
     t0 = time.perf_counter()
-    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees ours too
-    try:
-        cli_main(argv)
-    finally:
-        sys.argv = saved_argv
-    total = time.perf_counter() - t0
+    fit()
     if len(StepTimer.results) != n + 1:
         raise RuntimeError("the StepTimer callback did not report: was the fit shorter than warmup + steps?")
     return summarize(StepTimer.results[-1]["stamps"], t0, time.perf_counter())
@@ -95,12 +103,7 @@ def bare_run(args: argparse.Namespace, hand: "HandLoop") -> dict[str, float]:
         max_steps=args.warmup + args.steps + 1, limit_val_batches=0, callbacks=[timer], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
-    n = len(StepTimer.results)
-    t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
-    if len(StepTimer.results) != n + 1:
-        raise RuntimeError("the StepTimer callback did not report: was the fit shorter than warmup + steps?")
-    return summarize(StepTimer.results[-1]["stamps"], t0, time.perf_counter())
+    return timed_fit(lambda: trainer.fit(model, datamodule=dm))
 
 
 def summarize(stamps: list[float], t_start: float, t_end: float) -> dict[str, float]:
