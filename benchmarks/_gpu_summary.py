@@ -140,7 +140,8 @@ def nest(out: Path, key: str, part: Path) -> None:
 def faster_eval(ro_json: Path) -> str:
     """Which validation the cifar_ro step projected faster for the 64k schedule ("compiled" if unknown)."""
     d = load(ro_json)
-    eager = (d.get("eager_eval") or {}).get("projected_64k_s") if isinstance(d.get("eager_eval"), dict) else None
+    part = d.get("eager_eval")  # a dict, or "not produced"
+    eager = part.get("projected_64k_s") if isinstance(part, dict) else None
     compiled = d.get("projected_64k_s")
     return "eager" if eager is not None and compiled is not None and eager < compiled else "compiled"
 
