@@ -347,3 +347,18 @@ def test_unknown_option_lists_valid_options() -> None:
 def test_bad_option_values_name_the_value(name: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         create_model(name, **options)
+
+
+def test_create_model_with_weights_loads_them_strictly(tmp_path) -> None:
+    from resnet_lit.export import export_safetensors
+
+    torch.manual_seed(0)
+    trained = create_model("resnet20").eval()
+    path = export_safetensors(trained, tmp_path / "r20.safetensors")
+    loaded = create_model("resnet20", weights=path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), trained(x))
+    with pytest.raises(ValueError, match="different architecture"):  # the header records resnet20
+        create_model("resnet32", weights=path)
+    with pytest.raises(ValueError, match="fc.weight"):  # the classifier must fit too: no silent re-init
+        create_model("resnet20", num_classes=100, weights=path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NamedTuple
 
 from .cifar import CifarResNet
@@ -44,8 +45,10 @@ def list_models() -> list[str]:
     return list(ARCHS)
 
 
-def create_model(name: str, num_classes: int | None = None, **options: Any) -> ResNet:
-    """Build a network of the paper by name (see `list_models()`), freshly initialised.
+def create_model(
+    name: str, num_classes: int | None = None, *, weights: str | os.PathLike | None = None, **options: Any
+) -> ResNet:
+    """Build a network of the paper by name (see `list_models()`), freshly initialised or from `weights`.
 
     Args:
         name: e.g. "resnet50", "plain34", "resnet110", "plain56".
@@ -63,6 +66,11 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> R
         width: float = 1.0. Channel multiplier for every conv (rounded, at least 1 channel):
             the width-vs-depth question the paper leaves open.
         in_chans: int = 3. Input channels of the first conv.
+        weights: a weights file to load strictly (safetensors, a resnet-lit `.ckpt`, a state dict
+            `.pth`, torchvision's or timm's; read without unpickling code), e.g. the published
+            `results/cifar10-resnet20-cpu/resnet20.safetensors`. The file must fit the
+            architecture built here, classifier included: a mismatch raises `ValueError` naming
+            the keys. Preprocessing is the caller's (the model card of published weights says which).
 
     The returned model carries `arch_spec`, plain data with which `create_model(**arch_spec)`
     rebuilds the same architecture.
@@ -105,4 +113,8 @@ def create_model(name: str, num_classes: int | None = None, **options: Any) -> R
         zero_init_residual=zero_init_residual, width=width, in_chans=in_chans,
     )  # fmt: skip
     model.arch_spec["name"] = name
+    if weights is not None:
+        from resnet_lit.checkpoints import load_weights  # torch only, no Lightning
+
+        load_weights(model, weights, num_classes_change="error")
     return model
