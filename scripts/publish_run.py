@@ -1,0 +1,231 @@
+"""Publish a finished training run into `results/<name>/`: the evidence a user checks.
+
+    python scripts/publish_run.py /work/runs/cifar10-resnet20-cpu results/cifar10-resnet20-cpu \
+        --recipe configs/cifar10/resnet20.yaml configs/trainer/cpu.yaml \
+        --train-config configs/experiments/cifar10/resnet20_cpu.yaml \
+        --commit 9af44f4 --log /work/runs/cifar10-resnet20-cpu.log
+
+writes, from the run directory and the shipped commands only:
+  config.yaml       the resolved configuration the run saved
+  metrics.csv       its whole log (every validation, the lr column)
+  <arch>.safetensors  the weights at the end of the schedule (last.ckpt, never best-*.ckpt: the
+                    CIFAR recipes validate on the test set, so a best checkpoint is chosen on it),
+                    through `resnet-lit export --format safetensors`
+  SHA256SUMS        `sha256sum -c SHA256SUMS` checks the weights
+  report/           `resnet-lit report` figure and table
+  results.json      the measured figures (test error of the published test command, wall time,
+                    images/s, machine, versions); tests/test_results.py checks them
+  README.md         the model card, written from results.json
+
+It refuses a run that has not reached its `trainer.max_steps` (pass `--allow-unfinished` for a dry
+run into a scratch folder). Every figure in the card is measured here or read from the run's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+PAPER = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43, "resnet1202": 7.93}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(cmd: list[str]) -> str:
+    print("$ " + " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"publish_run: `{' '.join(cmd)}` failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return sorted({f for f in ("avx512_bf16", "amx_bf16", "avx512f") if re.search(rf"\b{f}\b", text)})
+
+
+def wall_seconds(logs: list[Path]) -> float | None:
+    """Sum over the run's log files (one per start) of the last `[Ns]` stamp LineProgress prints."""
+    total, found = 0.0, False
+    for log in logs:
+        stamps = re.findall(r"\[(\d+)s\]", log.read_text(errors="replace"))
+        if stamps:
+            total, found = total + float(stamps[-1]), True
+    return total if found else None
+
+
+def evaluate(recipe: list[str], weights: Path) -> tuple[float, list[str]]:
+    """The published test command, run as a user would; returns test/error and the command."""
+    cmd = ["resnet-lit", "test"]
+    for c in recipe:
+        cmd += ["--config", c]
+    cmd += ["--model.init_weights", str(weights)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run(cmd + ["--run_dir", tmp])
+        rows = [r for r in read_metrics(next(Path(tmp).rglob("metrics.csv"))) if r.get("test/error")]
+        if len(rows) != 1:
+            sys.exit(f"publish_run: expected one test/error row from the test command, got {len(rows)}:\n{out[-2000:]}")
+        return float(rows[0]["test/error"]), cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out", type=Path, help="results/<name>")
+    p.add_argument("--recipe", nargs="+", required=True, help="configs the test command composes (recipe + trainer overlay)")
+    p.add_argument("--train-config", nargs="*", default=[], help="further configs the fit composed (after --recipe)")
+    p.add_argument("--commit", required=True, help="the code commit the run was started from")
+    p.add_argument("--log", type=Path, nargs="*", default=[], help="the run's stdout log(s), one per start, for the wall time")
+    p.add_argument("--notes", default="", help="free text for the card (load on the machine, interruptions)")
+    p.add_argument("--allow-unfinished", action="store_true", help="dry run: publish a run that has not reached max_steps")
+    args = p.parse_args(argv)
+
+    config = yaml.safe_load((args.run_dir / "config.yaml").read_text())
+    arch = config["model"]["arch"]
+    max_steps = int(config["trainer"]["max_steps"])
+    ckpt = args.run_dir / "checkpoints" / "last.ckpt"
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    if step != max_steps and not args.allow_unfinished:
+        sys.exit(f"publish_run: {ckpt} is at step {step}, the run's max_steps is {max_steps}: resume it "
+                 "(--ckpt_path last) to the end before publishing, or pass --allow-unfinished for a dry run")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(args.run_dir / "config.yaml", args.out / "config.yaml")
+    shutil.copy2(args.run_dir / "metrics.csv", args.out / "metrics.csv")
+    weights = args.out / f"{arch}.safetensors"
+    run(["resnet-lit", "export", str(ckpt), "--format", "safetensors", "--output", str(weights)])
+    digest = sha256(weights)
+    (args.out / "SHA256SUMS").write_text(f"{digest}  {weights.name}\n")
+    run(["resnet-lit", "report", str(args.run_dir), "--out", str(args.out / "report"), "--ylim", "0", "20"])
+    test_error, test_cmd = evaluate(args.recipe, weights)
+
+    rows = read_metrics(args.run_dir / "metrics.csv")
+    val = column(rows, "val/error")
+    ips = [v for _, v in column(rows, "train/images_per_s")]
+    lr = column(rows, "lr-SGD/backbone") or column(rows, "lr-SGD")
+    drops = [s for (s, v), (_, prev) in zip(lr[1:], lr[:-1]) if v < prev * 0.5]
+    wall = wall_seconds(args.log)
+    fit_cmd = ["resnet-lit", "fit"] + [a for c in args.recipe + args.train_config for a in ("--config", c)]
+    result = {
+        "arch": arch, "dataset": "cifar10-jpeg (../shared/data, JPEG q75 4:2:0 rendition of CIFAR-10)",
+        "steps": step, "max_steps": max_steps, "milestones": config["model"]["schedule"]["milestones"],
+        "lr_drops_logged_at": drops,
+        "test_error": test_error, "test_command": " ".join(test_cmd),
+        "last_val_error": val[-1][1] if val else None, "last_val_step": val[-1][0] if val else None,
+        "validations": len(val), "paper_error": PAPER.get(arch),
+        "fit_command": " ".join(fit_cmd), "seed": config.get("seed_everything"), "commit": args.commit,
+        "precision": config["trainer"].get("precision"),
+        "weights": weights.name, "sha256": digest, "bytes": weights.stat().st_size,
+        "wall_s": wall, "images_per_s_median": round(statistics.median(ips), 1) if ips else None,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "flags": cpu_flags(), "gpu": None},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "lightning": __import__("lightning").__version__},
+        "notes": args.notes,
+    }  # fmt: skip
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "README.md").write_text(card(result, args.out))
+    print(f"published {args.out}: test error {test_error:.2f} % ({arch}, step {step}/{max_steps}), sha256 {digest}")
+    return 0
+
+
+def card(r: dict, out: Path) -> str:
+    hours = f"{r['wall_s'] / 60:.0f} minutes" if r["wall_s"] else "not recorded"
+    paper = f"{r['paper_error']:.2f} %" if r["paper_error"] is not None else "—"
+    figure = next(iter(sorted((out / "report").glob("*.png"))), None)
+    drops = ", ".join(f"{s:,}" for s in r["lr_drops_logged_at"]) or "none"
+    milestones = " and ".join(f"{m:,}" for m in r["milestones"])
+    return f"""# {r['arch']} on CIFAR-10 ({r['dataset'].split(' ')[0]}), trained on a CPU by `resnet-lit fit`
+
+| | ours | paper (He et al. 2015, Table 6) |
+| --- | ---: | ---: |
+| test error, 10,000 test images | **{r['test_error']:.2f} %** | {paper} |
+
+The data differ: ours is `../shared/data/cifar10-jpeg`, a JPEG rendition (quality 75, chroma at half
+resolution) of CIFAR-10's images; the paper used the original pixels. docs/results.md discusses the gap.
+
+- **Test error {r['test_error']:.2f} %**: the weights below at the end of the schedule (step {r['steps']:,} of
+  {r['max_steps']:,}), evaluated in 32-bit by the command below. The run's own last validation
+  (bf16 autocast, step {r['last_val_step']:,}) read {r['last_val_error']:.2f} %.
+- Schedule: {r['max_steps']:,} iterations of 128 images, lr 0.1 divided by 10 at iterations {milestones}
+  (the lr column, logged every 50 steps, first shows the drops at steps {drops});
+  {r['validations']} validations on the test set (`metrics.csv`). Precision `{r['precision']}`.
+- Wall time {hours} for the whole fit; median training throughput {r['images_per_s_median']} images/s.
+- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores ({', '.join(r['machine']['flags'])}), no GPU;
+  Python {r['versions']['python']}, torch {r['versions']['torch']}, lightning {r['versions']['lightning']}.
+{('- ' + r['notes']) if r['notes'] else ''}
+
+## Reproduce
+
+```bash
+git checkout {r['commit']}
+{r['fit_command']} --run_dir runs/{out.name}    # seed {r['seed']}
+```
+
+## Check
+
+```bash
+sha256sum -c {out.as_posix()}/SHA256SUMS     # {r['weights']}: {r['sha256']}
+{r['test_command']}
+```
+
+prints `test/error={r['test_error']:.4g}` (tests/test_results.py runs exactly this). From Python:
+
+```python
+from resnet_lit.models import create_model
+model = create_model("{r['arch']}", weights="{out.as_posix()}/{r['weights']}").eval()
+# inputs: uint8 CIFAR images / 255 minus the training set's per-pixel mean, as
+# resnet_lit.data.CIFARDataModule(root=...).transform_batch(x, train=False) computes them
+```
+
+## Files
+
+- `config.yaml`: the resolved configuration of the run; `metrics.csv`: its whole log.
+- `{r['weights']}` ({r['bytes']:,} bytes): the final weights with their `arch_spec` and class names in the header.
+- `report/`: `resnet-lit report` of the run{f" ({figure.name})" if figure else ""} and its table; `results.json`: every figure above.
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
