@@ -107,7 +107,8 @@ def evaluate(recipe: list[str], weights: Path) -> tuple[float, list[str]]:
         rows = [r for r in read_metrics(next(Path(tmp).rglob("metrics.csv"))) if r.get("test/error")]
         if len(rows) != 1:
             sys.exit(f"publish_run: expected one test/error row from the test command, got {len(rows)}:\n{out[-2000:]}")
-        return float(rows[0]["test/error"]), cmd
+        # logged as float32 (12.39 reads 12.389999...): 4 decimals give back the exact count's value
+        return round(float(rows[0]["test/error"]), 4), cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit", required=True, help="the code commit the run was started from")
     p.add_argument("--log", type=Path, nargs="*", default=[], help="the run's stdout log(s), one per start, for the wall time")
     p.add_argument("--notes", default="", help="free text for the card (load on the machine, interruptions)")
+    p.add_argument("--docs", type=Path, default=Path("docs/results.md"), help="the page whose table lists every published run")
     p.add_argument("--allow-unfinished", action="store_true", help="dry run: publish a run that has not reached max_steps")
     args = p.parse_args(argv)
 
@@ -166,8 +168,39 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "README.md").write_text(card(result, args.out))
+    update_results_table(args.out.parent, args.docs)
     print(f"published {args.out}: test error {test_error:.2f} % ({arch}, step {step}/{max_steps}), sha256 {digest}")
     return 0
+
+
+BEGIN, END = "<!-- results table: scripts/publish_run.py writes this -->", "<!-- end of results table -->"
+
+
+def update_results_table(results: Path, docs: Path) -> None:
+    """Rewrite the table between the markers of `docs` from every `results/*/results.json`."""
+    lines = [
+        BEGIN,
+        "| run | net | data | schedule | test error % | paper % | hardware | wall time | weights |",
+        "| --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |",
+    ]
+    for path in sorted(results.glob("*/results.json")):
+        r = json.loads(path.read_text())
+        name = path.parent.name
+        link = f"../{results.name}/{name}"
+        hw = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
+        wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "—"
+        paper = f"{r['paper_error']:.2f}" if r.get("paper_error") is not None else "—"
+        lines.append(
+            f"| [{name}]({link}/) | {r['arch']} | {r['dataset'].split(' ')[0]} | {r['steps']:,} it, {r['precision']} "
+            f"| **{r['test_error']:.2f}** | {paper} | {hw} | {wall} | [{r['weights']}]({link}/{r['weights']}) |"
+        )
+    lines.append(END)
+    text = docs.read_text() if docs.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        sys.exit(f"publish_run: {docs} has no results-table markers ({BEGIN} ... {END}); add them where the table goes")
+    head, rest = text.split(BEGIN, 1)
+    docs.write_text(head + "\n".join(lines) + rest.split(END, 1)[1])
+    print(f"updated the table in {docs}")
 
 
 def card(r: dict, out: Path) -> str:
