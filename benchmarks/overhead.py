@@ -1,6 +1,6 @@
 """Lightning overhead: the same ResNet training steps through `resnet-lit fit` and a hand loop.
 
-Side A is the real CLI, in-process (`resnet_lit.cli.main`): the recipe config
+Side A is the real CLI, in-process (`resnet_lit.runs.cli.main`): the recipe config
 (configs/cifar10/resnet20.yaml) plus the trainer overlay (cpu.yaml or gpu.yaml), the
 CIFARDataModule on the real CIFAR-10 archive (decoded once, then in memory), ImageClassifier with
 its torchmetrics, logging, progress, throughput and LR-monitor callbacks, CSV logger and
@@ -40,7 +40,7 @@ from _steptimer import StepTimer  # noqa: E402
 
 
 def lightning_run(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
-    from resnet_lit.cli import main as cli_main
+    from resnet_lit.runs.cli import main as cli_main
 
     overlay = "gpu.yaml" if args.device == "cuda" else "cpu.yaml"
     argv = [
@@ -87,8 +87,8 @@ def bare_run(args: argparse.Namespace, hand: "HandLoop") -> dict[str, float]:
     import lightning as L
 
     from resnet_lit.data import CIFARDataModule
-    from resnet_lit.module import ImageClassifier
-    from resnet_lit.schedules import OptimizerConfig, ScheduleConfig
+    from resnet_lit.training.classifier import ImageClassifier
+    from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig
 
     gpu = args.device == "cuda"
     dm = CIFARDataModule(str(args.data_root), batch_size=args.batch)
@@ -135,7 +135,7 @@ class HandLoop:
 
     def run(self) -> dict[str, float]:
         from resnet_lit.models import create_model
-        from resnet_lit.schedules import ScheduleConfig, lr_factor
+        from resnet_lit.training.schedules import ScheduleConfig, lr_factor
 
         a, dev = self.args, self.device
         t_start = time.perf_counter()

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from weights_helpers import real_batch, with_trained_bn
 
-from resnet_lit.checkpoints import (
+from resnet_lit.checkpointing.weights import (
     UnsafeCheckpointError,
     guess_architecture,
     infer_arch,
@@ -19,9 +19,9 @@ from resnet_lit.checkpoints import (
     load_state_dict_file,
     load_weights,
 )
-from resnet_lit.export import export_safetensors
+from resnet_lit.commands.export import export_safetensors
 from resnet_lit.models import create_model
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_compiled_checkpoint_loads_into_eager_model(tmp_path: Path, images: torc
 
 
 def test_torchvision_resnet50_round_trip(tmp_path: Path, images: torch.Tensor) -> None:
-    from resnet_lit.export import torchvision_state_dict
+    from resnet_lit.commands.export import torchvision_state_dict
 
     tv = with_trained_bn(torchvision.models.resnet50(weights=None), images)
     torch.save(tv.state_dict(), tmp_path / "tv.pth")

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from resnet_lit.cli import main
-from resnet_lit.module import ImageClassifier
+from resnet_lit.runs.cli import main
+from resnet_lit.training.classifier import ImageClassifier
 
 CPU = ["--config", "configs/trainer/cpu.yaml"]
 
@@ -79,7 +79,7 @@ def test_checkpoint_reloads_in_a_fresh_process_with_identical_logits(trained_run
         expected = model(batch)
     script = (
         "import sys, torch\n"
-        "from resnet_lit.module import ImageClassifier\n"
+        "from resnet_lit.training.classifier import ImageClassifier\n"
         "m = ImageClassifier.load_from_checkpoint(sys.argv[1], map_location='cpu').eval()\n"
         "with torch.no_grad():\n"
         "    torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
@@ -262,7 +262,7 @@ def test_resnet20_overfits_256_real_images(cache_dir, tmp_path):
 
 def test_a_gpu_recipe_on_a_cpu_says_what_to_add(cache_dir, tmp_path, capsys, monkeypatch):
     """The README's first command on a machine without a GPU: it runs, and says how to run faster."""
-    monkeypatch.setattr("resnet_lit.cli._cpu_has_bf16", lambda: False)  # as on a CPU without bf16 instructions
+    monkeypatch.setattr("resnet_lit.runs.cli._cpu_has_bf16", lambda: False)  # as on a CPU without bf16 instructions
     no_steps = ["--data.subset", "64", "--data.cache_dir", str(cache_dir), "--trainer.max_steps", "0",
                 "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     main(["fit", "--config", "configs/cifar10/resnet20.yaml", "--trainer.accelerator", "cpu", *no_steps,

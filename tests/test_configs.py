@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet_lit.cli import main
+from resnet_lit.runs.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from resnet_lit.data import BadImageError, CIFARDataModule, ImageNetDataModule
-from resnet_lit.data.imagenet_val import main as imagenet_val
+from resnet_lit.commands.imagenet_val import main as imagenet_val
 
 
 @pytest.fixture(scope="session")

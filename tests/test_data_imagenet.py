@@ -147,7 +147,7 @@ def test_pca_lighting_shifts_each_image_by_one_colour() -> None:
 
 
 def _tiny_classifier() -> L.LightningModule:
-    from resnet_lit.module import ImageClassifier
+    from resnet_lit.training.classifier import ImageClassifier
 
     return ImageClassifier(arch="resnet18", num_classes=10, width=0.25)
 

@@ -12,11 +12,11 @@ import torch
 import torchvision
 from weights_helpers import real_batch, with_trained_bn
 
-from resnet_lit.checkpoints import load_weights
-from resnet_lit.cli import main as cli_main
-from resnet_lit.export import export_onnx, export_safetensors, main
+from resnet_lit.checkpointing.weights import load_weights
+from resnet_lit.runs.cli import main as cli_main
+from resnet_lit.commands.export import export_onnx, export_safetensors, main
 from resnet_lit.models import create_model
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
 
 CLASSES = [f"class_{i}" for i in range(10)]
 

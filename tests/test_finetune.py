@@ -11,9 +11,9 @@ from torch import nn
 from weights_helpers import extract_folder, real_batch
 
 from resnet_lit.data import ImageNetDataModule
-from resnet_lit.finetune import FrozenBatchNorm2d, apply_freeze, param_groups
+from resnet_lit.training.finetune import FrozenBatchNorm2d, apply_freeze, param_groups
 from resnet_lit.models import create_model
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
 
 
 def _bn_training(model: nn.Module, prefix: str) -> set[bool]:
@@ -136,8 +136,8 @@ def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp
     classes) into a 10-class net, stem and stage 1 frozen, a real step on real photographs."""
     import torchvision
 
-    from resnet_lit.checkpoints import load_state_dict_file
-    from resnet_lit.cli import main
+    from resnet_lit.checkpointing.weights import load_state_dict_file
+    from resnet_lit.runs.cli import main
 
     tv = torchvision.models.resnet18(weights=None)
     tv.train()
@@ -172,7 +172,7 @@ def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp
 def test_frozen_bn_with_compile_bf16_on_gpu(freeze: str, frozen: tuple[str, ...], imagewoof_root: Path, tmp_path: Path) -> None:
     """The GPU recipe (compiled backbone, bf16-mixed, channels_last): frozen parts bit-identical after
     steps and validation, the rest trained, and the checkpoint exports."""
-    from resnet_lit.export import main as export_main
+    from resnet_lit.commands.export import main as export_main
 
     source = ImageClassifier(arch="resnet18", num_classes=10)
     source.model.train()

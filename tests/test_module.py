@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
 
 
 @pytest.mark.parametrize("num_classes", [10, 3])

@@ -11,9 +11,9 @@ import pytest
 import torch
 from weights_helpers import extract_folder, read_imagewoof
 
-from resnet_lit.cli import main
-from resnet_lit.module import ImageClassifier
-from resnet_lit.predict import PredictionWriter, class_names_for
+from resnet_lit.runs.cli import main
+from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.runs.predict import PredictionWriter, class_names_for
 
 
 def _photos(imagewoof_root: Path, folder: Path, n: int) -> Path:

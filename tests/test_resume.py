@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_lit.checkpoint_io import TMP_PREFIX, AtomicCheckpointIO, atomic_torch_save
-from resnet_lit.resume import find_resume_checkpoint, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.checkpointing.atomic_write import TMP_PREFIX, AtomicCheckpointIO, atomic_torch_save
+from resnet_lit.checkpointing.resume import find_resume_checkpoint, hpc_checkpoints, resolve_ckpt_path
 
 
 # ------------------------------------------------------------------ which checkpoint to resume
@@ -78,7 +78,7 @@ def test_failed_write_leaves_old_checkpoint(tmp_path: Path, monkeypatch: pytest.
 
 _WRITER = """
 import sys, torch
-from resnet_lit.checkpoint_io import atomic_torch_save
+from resnet_lit.checkpointing.atomic_write import atomic_torch_save
 path = sys.argv[1]
 big = torch.ones(48 * 2**20 // 4)  # 48 MB, so a write takes a while
 for step in range(2, 10**6):

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from resnet_lit.module import ImageClassifier
-from resnet_lit.schedules import ScheduleConfig, global_batch_size, lr_factor, scaled_lr
+from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.training.schedules import ScheduleConfig, global_batch_size, lr_factor, scaled_lr
 
 
 def _recipe(repo_root: Path, name: str) -> dict:

@@ -24,19 +24,19 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 
-from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
-from resnet_lit.checkpoints import InitWeightsError, safe_torch_load
+from resnet_lit.runs.callbacks import LastCheckpoint, Throughput, progress_bar
+from resnet_lit.checkpointing.weights import InitWeightsError, safe_torch_load
 from resnet_lit.data.decode import BadImageError
-from resnet_lit.module import ImageClassifier
-from resnet_lit.predict import PredictionWriter
-from resnet_lit.checkpoint_io import AtomicCheckpointIO
-from resnet_lit.resume import EpochEndLoopState, RNGState, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.runs.predict import PredictionWriter
+from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
+from resnet_lit.checkpointing.resume import EpochEndLoopState, RNGState, hpc_checkpoints, resolve_ckpt_path
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
-    "export": "resnet_lit.export:main",
-    "report": "resnet_lit.report:main",
-    "imagenet-val": "resnet_lit.data.imagenet_val:main",
+    "export": "resnet_lit.commands.export:main",
+    "report": "resnet_lit.commands.report:main",
+    "imagenet-val": "resnet_lit.commands.imagenet_val:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -165,7 +165,7 @@ def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None, appending: 
     if name == "CSVLogger":
         args.save_dir, args.name, args.version = str(run_dir), "", ""
         if appending:  # Lightning's CSVLogger deletes metrics.csv when a fit resumes
-            logger.class_path = "resnet_lit.csv_logger.ResumableCSVLogger"
+            logger.class_path = "resnet_lit.runs.csv_logger.ResumableCSVLogger"
     elif name == "TensorBoardLogger":
         args.save_dir, args.name, args.version = str(run_dir), "tensorboard", ""
     elif name == "WandbLogger":

@@ -21,9 +21,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.finetune import apply_freeze, param_groups
+from resnet_lit.training.finetune import apply_freeze, param_groups
 from resnet_lit.models import create_model
-from resnet_lit.schedules import OptimizerConfig, ScheduleConfig, global_batch_size, lr_factor, scaled_lr
+from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, global_batch_size, lr_factor, scaled_lr
 
 log = logging.getLogger("resnet_lit")
 
@@ -126,7 +126,7 @@ class ImageClassifier(pl.LightningModule):
         """``init_weights`` into the backbone, in place; InitWeightsError if they cannot be. The CLI
         also calls this for validate / test / predict without a checkpoint, with
         ``num_classes_change="error"``: a classifier re-initialised at random measures nothing."""
-        from resnet_lit.checkpoints import InitWeightsError, load_weights
+        from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 
         try:
             load_weights(self.model, self.hparams.init_weights, num_classes_change=num_classes_change)  # in place

@@ -61,7 +61,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         trainer:
           plugins:
-            - class_path: resnet_lit.checkpoint_io.AtomicCheckpointIO
+            - class_path: resnet_lit.checkpointing.atomic_write.AtomicCheckpointIO
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:

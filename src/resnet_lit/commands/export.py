@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet_lit.checkpoints import guess_architecture, load_into, load_state_dict_file
+from resnet_lit.checkpointing.weights import guess_architecture, load_into, load_state_dict_file
 from resnet_lit.models import create_model
 
 log = logging.getLogger("resnet_lit")
