@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from resnet_lit.data import ImageNetDataModule
-from resnet_lit.data import imagefolder
+from resnet_lit.data import folder as image_folder
 from resnet_lit.data.transforms import (
     MULTI_SCALE_SIZES, CenterCrop, ModernTrainTransform, PaperTrainTransform, TenCrop, pca_lighting,
 )
@@ -60,7 +60,7 @@ def test_archives_are_extracted_once(woof: ImageNetDataModule, imagewoof_root, w
     def no_extract(*a, **k):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(imagefolder, "extract_archive", no_extract)
+    monkeypatch.setattr(image_folder, "extract_archive", no_extract)
     dm = make_dm(imagewoof_root, woof_cache)
     dm.setup("fit")
     assert len(dm.train_set) == 800

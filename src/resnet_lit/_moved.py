@@ -31,6 +31,7 @@ MOVED = {
     "resnet_lit.export": "resnet_lit.commands.export",
     "resnet_lit.report": "resnet_lit.commands.report",
     "resnet_lit.data.imagenet_val": "resnet_lit.commands.imagenet_val",
+    "resnet_lit.data.imagefolder": "resnet_lit.data.folder",
 }
 _OWN_SPECS: dict[str, importlib.machinery.ModuleSpec] = {}
 

@@ -17,8 +17,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .folder import check_same_classes, require_path, scan_image_folder
-from .imagefolder import ImageFiles, default_num_workers, list_predict_files, resolve_split, scan_files
+from .folder import (
+    ImageFiles, check_same_classes, default_num_workers, list_predict_files, require_path, resolve_split,
+    scan_files, scan_image_folder,
+)
 from .sharding import ShardSampler
 from .transforms import (
     IMAGENET_MEAN, IMAGENET_STD, CenterCrop, ModernTrainTransform, MultiScale, PaperTrainTransform, TenCrop,
