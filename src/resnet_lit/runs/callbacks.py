@@ -1,4 +1,7 @@
-"""Callbacks the CLI adds to every run: throughput, a line-based progress report, last.ckpt."""
+"""Callbacks the CLI adds to every run: throughput and a progress report (a rich bar or plain lines).
+
+The checkpoint callbacks (``last.ckpt``, random generators, loop state) live in ``resnet_lit.checkpointing``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -92,19 +95,3 @@ def progress_bar() -> ProgressBar:
             pass
     return LineProgress()
 
-
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``: the newest state, after every validation and when training stops.
-
-    Lightning 2.6 refreshes a ``save_last=True`` checkpoint only when the monitored one improves,
-    and a run stopped by ``max_steps`` mid-epoch would keep an older file: this one is what
-    ``--ckpt_path last`` and a requeued job resume from, so it must be the newest state.
-    """
-
-    def __init__(self, dirpath: str) -> None:
-        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        if trainer.global_step != self._last_global_step_saved and not trainer.fast_dev_run:
-            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -24,13 +24,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule
 
-from resnet_lit.runs.callbacks import LastCheckpoint, Throughput, progress_bar
+from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
+from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, wandb_run_id_of
+from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, resolve_ckpt_path
 from resnet_lit.checkpointing.weights import InitWeightsError, safe_torch_load
 from resnet_lit.data.decode import BadImageError
-from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.runs.callbacks import Throughput, progress_bar
 from resnet_lit.runs.predict import PredictionWriter
-from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
-from resnet_lit.checkpointing.resume import EpochEndLoopState, RNGState, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.training.classifier import ImageClassifier
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
@@ -188,8 +189,7 @@ def _classes_from_checkpoint(config: Any, ckpt_path: str) -> None:
 
 
 def _wandb_id_from_checkpoint(path: str) -> str | None:
-    checkpoint = safe_torch_load(path)
-    return checkpoint.get("wandb_run_id")
+    return wandb_run_id_of(safe_torch_load(path))
 
 
 def _refuse_to_overwrite(checkpoint_dir: Path, run_dir: Path) -> None:
