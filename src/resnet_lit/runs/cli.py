@@ -124,7 +124,7 @@ class ResNetCLI(LightningCLI):
         # validate / test / predict without --ckpt_path evaluate --model.init_weights (fit reads them
         # in on_fit_start; a checkpoint, when given, is what Lightning restores and evaluates).
         if not getattr(self.config_init[self.subcommand], "ckpt_path", None):
-            self.model._load_init_weights(num_classes_change="error")
+            self.model.load_init_weights(num_classes_change="error")
 
     before_validate = before_test = before_predict = _evaluate_init_weights
 
