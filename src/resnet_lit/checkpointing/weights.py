@@ -170,9 +170,8 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        from resnet_lit.data.folder import shown
-
-        raise FileNotFoundError(f"weights file not found: {shown(path)}")
+        shown = path if path.is_absolute() else f"{path} (read as {path.absolute()})"
+        raise FileNotFoundError(f"weights file not found: {shown}")
     if path.suffix == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
         metadata.setdefault("source", "safetensors")

@@ -6,7 +6,7 @@
     resnet-lit export last.ckpt --format pt2                             # torch.export program
 
 Every exported graph is run once against the PyTorch model and refused if the outputs differ.
-Loading the checkpoint is as safe as `init_weights` (weights_only / safetensors, see checkpoints.py).
+Loading the checkpoint is as safe as `init_weights` (weights_only / safetensors, see checkpointing/weights.py).
 """
 
 from __future__ import annotations
