@@ -194,3 +194,10 @@ def test_predict_yields_images_and_paths(imagewoof_root, woof_cache, woof) -> No
     assert out[0]["paths"] == paths and out[0]["probs"].shape == (3, 10)
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         make_dm(imagewoof_root, woof_cache, predict_path=[str(folder / "nope.jpg")]).setup("predict")
+
+
+def test_test_batch_size_is_the_old_name_of_eval_batch_size() -> None:
+    with pytest.warns(FutureWarning, match="test_batch_size is deprecated"):
+        dm = ImageNetDataModule("unused", batch_size=8, test_batch_size=4)
+    assert dm.eval_batch_size == 4 and dm.hparams.eval_batch_size == 4 and dm.hparams.test_batch_size is None
+    assert ImageNetDataModule("unused", batch_size=8).eval_batch_size == 8
