@@ -212,3 +212,24 @@ def test_imagenet_val_sorter(tmp_path, woof_jpegs, capsys) -> None:
     csv.write_text("ImageId,PredictionString\nILSVRC2012_val_00000007,n09999999 1 2 3 4\n")
     assert imagenet_val([str(flat), "--labels", str(csv), "--out", str(tmp_path / "sorted"), "--mode", "symlink"]) == 0
     assert (tmp_path / "sorted" / "n09999999" / "ILSVRC2012_val_00000007.JPEG").is_symlink()
+
+
+def test_skipped_images_are_summed_over_ranks() -> None:
+    """Under DDP each rank meets its own bad files: data/skipped_images logs the sum over ranks (two
+    ranks that skipped one image each: 2), not rank 0's count alone. The trainer is a stand-in whose
+    reduce sums two equal ranks; the hook is what Lightning calls with each training batch."""
+    from types import SimpleNamespace
+
+    logged = []
+    dm = ImageNetDataModule("unused", on_bad_image="skip")
+    dm.trainer = SimpleNamespace(
+        world_size=2, training=True, global_step=7,
+        logger=SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step))),
+        strategy=SimpleNamespace(root_device=torch.device("cpu"), reduce=lambda t, reduce_op: t * 2),
+        _logger_connector=SimpleNamespace(should_update_logs=True),
+    )
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    out = dm.on_before_batch_transfer((x, torch.tensor([0, 1]), torch.tensor([1, 0])), 0)
+    assert out[0] is x and out[1].tolist() == [0, 1]
+    assert dm.num_skipped == 1  # this rank's own
+    assert logged == [({"data/skipped_images": 2.0}, 7)]

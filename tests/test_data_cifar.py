@@ -331,3 +331,37 @@ def test_augmentation_and_data_on_cuda(cifar_root, cifar_cache) -> None:
     out = dm.transform_batch(x8, train=True)
     dy, dx, fl = _recover_views(normalize(x8, dm.mean).cpu(), out.cpu())
     assert bool((dy >= 0).all()) and 0.4 < fl.float().mean() < 0.6
+
+
+def test_download_under_ddp_fetches_once_per_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With download: true every process of a node reads `classes` (the CLI links it to the model)
+    before Lightning's prepare_data: one downloads, the others wait for it and read the class names
+    from the files, loading no data."""
+    import threading
+    import time
+
+    from resnet_lit.data import cifar as cifar_module
+
+    downloads: list[int] = []
+
+    def fake_download(root, dataset: str) -> None:  # torchvision's CIFAR download, offline and slow
+        downloads.append(threading.get_ident())
+        time.sleep(0.5)
+        _write_cifar10_pickles(Path(root))
+
+    monkeypatch.setattr(cifar_io, "download_cifar", fake_download)
+    monkeypatch.setattr(cifar_module, "download_cifar", fake_download, raising=False)  # where 0.1.0 called it
+    ranks = [CIFARDataModule(str(tmp_path / "cifar"), download=True, cache_dir=str(tmp_path / "cache")) for _ in range(2)]
+    names: list[list[str]] = [[], []]
+
+    def link(rank: int) -> None:
+        names[rank] = ranks[rank].classes
+
+    threads = [threading.Thread(target=link, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(downloads) == 1
+    assert names == [CIFAR10_ORDER, CIFAR10_ORDER]
+    assert all(dm._data is None for dm in ranks)  # the data is read in prepare_data / setup, not by the link
