@@ -240,3 +240,21 @@ def test_run_stopped_by_max_steps_mid_epoch_resumes_there(repo_root: Path, cifar
     # Not exact: the first run ended epoch 1 after 2 batches and logged its training error then;
     # the resumed run logs epoch 1 again when it really ends (docs/slurm.md, resume).
     assert [e for e, _ in _epoch_rows(run, "train/error")] == [0, 1, 1]
+
+
+# ------------------------------------------------------------- a checkpoint written by resnet-lit 0.1.0
+@pytest.mark.slow
+def test_a_0_1_0_checkpoint_resumes_bit_identically(repo_root: Path, cifar_root: Path, tmp_path: Path,
+                                                     reference_run: Path) -> None:
+    """fixtures/checkpoint_0.1.0/step02.ckpt was written mid-epoch by the code before the modules moved
+    (test_compat.py says how): resumed by today's code it ends where an uninterrupted run does."""
+    old = Path(__file__).parent / "fixtures" / "checkpoint_0.1.0" / "step02.ckpt"
+    run = tmp_path / "run"
+    resumed = _fit(repo_root, cifar_root, run, "--ckpt_path", str(old))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dataloader is not resumable" not in resumed.stderr
+    _assert_same_training(reference_run, run)
+    assert _losses(run) == _losses(reference_run)[2:]  # steps 2..7, on the same batches and crops
+    # Epoch 0's training error covers all its batches: the old checkpoint carried its first two.
+    assert _epoch_rows(run, "train/error") == _epoch_rows(reference_run, "train/error")
+    assert _epoch_rows(run, "val/error") == _epoch_rows(reference_run, "val/error")
