@@ -187,6 +187,7 @@ def test_a_second_fit_into_the_same_run_dir_is_refused(trained_run, cache_dir, c
         (["--model.width", "wide"], "width"),
         (["--trainer.max_steps", "many"], "max_steps"),
         (["--config", "configs/cifar10/resnet21.yaml"], "configs/cifar10/resnet21.yaml: no such file"),
+        (["-c", "configs/cifar10/resnet21.yaml"], "-c configs/cifar10/resnet21.yaml: no such file"),
         (["--model.arch", "resnet21"], "resnet21"),
     ],
 )

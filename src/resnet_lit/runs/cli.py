@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ArgumentError
@@ -48,13 +48,21 @@ class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Directory of this run (config, metrics, checkpoints). Default: runs/<model.arch>.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Forced callbacks (Lightning's documented way): every run has them, config.yaml shows them under
+        # these keys and each is configured there or on the command line (--throughput.every_n_steps 10).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")  # best-*.ckpt
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # what --ckpt_path last resumes
+        parser.add_lightning_class_args(RNGState, "rng_state")  # a resumed run draws what an uninterrupted one would
+        parser.add_lightning_class_args(EpochEndLoopState, "epoch_end_loop_state")  # exact resume at an epoch end
+        parser.add_lightning_class_args(Throughput, "throughput")  # train/images_per_s
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # predict: a CSV of top-5 classes per image (--predictions.output, default <run_dir>/predictions.csv)
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults({
+            "lr_monitor.logging_interval": "step",
             "checkpoint.monitor": "val/error",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": False,  # last.ckpt has its own callback: see instantiate_trainer
+            "checkpoint.save_last": False,  # last.ckpt has its own callback: last_checkpoint
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{epoch:03d}-{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
@@ -70,6 +78,8 @@ class ResNetCLI(LightningCLI):
         config.trainer.default_root_dir = str(run_dir)
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
         ckpt_path = getattr(config, "ckpt_path", None)
         if self.subcommand == "fit":  # "auto" (requeued SLURM jobs) -> newest hpc/last checkpoint or None
             config.ckpt_path = ckpt_path = resolve_ckpt_path(ckpt_path, run_dir, config.checkpoint.dirpath)
@@ -106,12 +116,13 @@ class ResNetCLI(LightningCLI):
             _fail(str(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Two defaults that depend on the rest of the configuration, so not expressible as parser
+        # defaults: the progress bar (a rich bar in a terminal, lines elsewhere) unless
+        # trainer.enable_progress_bar is false, and atomic checkpoint writes unless the configuration
+        # gives its own CheckpointIO plugin.
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        callbacks = list(self.trainer_defaults.get("callbacks", []))
-        if config.trainer.get("enable_progress_bar") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        callbacks.append(LastCheckpoint(config.checkpoint.dirpath))  # what --ckpt_path last resumes
-        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        if config.trainer.get("enable_progress_bar") is not False:
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [progress_bar()]}
         plugins = _as_list(config.trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # a kill mid-write never leaves a corrupt last.ckpt
@@ -212,11 +223,23 @@ def _run_tool(name: str, argv: list[str]) -> int:
 
 
 def _check_config_files(args: list[str]) -> None:
-    """A missing --config file is the most common mistake: name it in one line."""
+    """A missing --config (-c) file is the most common mistake: name it in one line."""
     for i, arg in enumerate(args):
-        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        flag, path = _config_file(arg, args[i + 1] if i + 1 < len(args) else None)
         if path is not None and not Path(path).is_file():
-            _fail(f"--config {path}: no such file (relative paths are read from {os.getcwd()}).")
+            _fail(f"{flag} {path}: no such file (relative paths are read from {os.getcwd()}).")
+
+
+def _config_file(arg: str, following: str | None) -> tuple[str, str | None]:
+    """The config file an argument names: ``--config F``, ``--config=F``, ``-c F``, ``-c=F`` or ``-cF``."""
+    for flag in ("--config", "-c"):
+        if arg == flag:
+            return flag, following
+        if arg.startswith(flag + "="):
+            return flag, arg[len(flag) + 1 :]
+    if arg.startswith("-c") and not arg.startswith("--"):
+        return "-c", arg[2:]
+    return "", None
 
 
 def main(args: list[str] | None = None) -> None:
@@ -262,10 +285,6 @@ def _cli(args: list[str] | None) -> ResNetCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
-        trainer_defaults={
-            "callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step"), RNGState(),
-                          EpochEndLoopState()],
-        },
         auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
         parser_kwargs={"description": __doc__, "exit_on_error": False},
         args=args,
