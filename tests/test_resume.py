@@ -14,9 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from fit_helpers import run_fit, small_fit_args
 
-from resnet_lit.checkpointing.atomic_write import TMP_PREFIX, AtomicCheckpointIO, atomic_torch_save
-from resnet_lit.checkpointing.resume import find_resume_checkpoint, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.checkpointing.atomic_write import (
+    TMP_PREFIX,
+    AtomicCheckpointIO,
+    atomic_torch_save,
+)
+from resnet_lit.checkpointing.resume import (
+    find_resume_checkpoint,
+    hpc_checkpoints,
+    resolve_ckpt_path,
+)
 
 
 # ------------------------------------------------------------------ which checkpoint to resume
@@ -119,21 +128,15 @@ def test_sigkill_during_write_never_corrupts(tmp_path: Path) -> None:
 STEPS = 8
 
 
-def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str, steps: int = STEPS) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(repo_root / "tests"), env.get("PYTHONPATH", "")]))
-    cmd = [
-        str(Path(sys.executable).parent / "resnet-lit"), "fit",
-        "--config", "configs/cifar10/resnet20.yaml", "--config", "configs/trainer/cpu.yaml",
-        "--data.root", str(cifar_root), "--data.subset", "128", "--data.batch_size", "32",
-        "--model.width", "0.25", "--trainer.max_steps", str(steps), "--trainer.deterministic", "true",
-        "--trainer.log_every_n_steps", "1", "--run_dir", str(run_dir),
+def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str,
+         steps: int = STEPS) -> subprocess.CompletedProcess:
+    args = small_fit_args(run_dir, root=cifar_root, subset=128, steps=steps, width=0.25, extra=[
+        "--trainer.deterministic", "true",
         # Lightning 2.6 refreshes last.ckpt only when a monitored checkpoint is saved at that step;
         # without a monitor every epoch's checkpoint (and so last.ckpt) is written.
         "--checkpoint.monitor", "null", *extra,
-    ]
-    done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    return done
+    ])
+    return run_fit(repo_root, args)
 
 
 def _kill_at(step: int) -> str:
