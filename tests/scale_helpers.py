@@ -14,7 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class RecordRanks(Callback):
-    """Each process writes ``rank<global>.txt`` = "RANK=.. NODE_RANK=.. WORLD_SIZE=.. SLURM_NODEID=.." into ``folder``."""
+    """Each process writes ``rank<global>.txt`` = "RANK=.. NODE_RANK=.. WORLD_SIZE=.. SLURM_NODEID=.." into
+    ``folder``."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder

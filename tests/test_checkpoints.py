@@ -30,7 +30,8 @@ def images(imagewoof_root: Path) -> torch.Tensor:
 
 
 def _lightning_ckpt(module: pl.LightningModule, path: Path) -> Path:
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
@@ -162,7 +163,9 @@ def test_wrong_depth_lists_keys_and_guesses_file() -> None:
 
 def test_wrong_width_shows_shapes() -> None:
     sd = create_model("resnet20", width=2.0).state_dict()
-    with pytest.raises(ValueError, match=r"keys with wrong shapes: conv1.weight file \[32, 3, 3, 3\] vs model \[16, 3, 3, 3\]") as e:
+    with pytest.raises(ValueError,
+                       match=r"keys with wrong shapes: conv1.weight file \[32, 3, 3, 3\] "
+                             r"vs model \[16, 3, 3, 3\]") as e:
         load_into(create_model("resnet20"), sd)
     assert "width 2" in str(e.value)
 
@@ -177,7 +180,8 @@ def test_v1_file_into_v15_model_is_refused(tmp_path: Path) -> None:
 
 def test_v1_lightning_checkpoint_into_v15_is_refused(tmp_path: Path) -> None:
     path = _lightning_ckpt(ImageClassifier(arch="resnet50", num_classes=4, stride_in_1x1=True), tmp_path / "v1.ckpt")
-    with pytest.raises(ValueError, match=r"different architecture than the model: stride_in_1x1: file True, model False"):
+    with pytest.raises(ValueError,
+                       match=r"different architecture than the model: stride_in_1x1: file True, model False"):
         load_weights(create_model("resnet50", num_classes=4), path)
 
 

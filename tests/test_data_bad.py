@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_lit.data import BadImageError, CIFARDataModule, ImageNetDataModule
 from resnet_lit.commands.imagenet_val import main as imagenet_val
+from resnet_lit.data import BadImageError, CIFARDataModule, ImageNetDataModule
 
 
 @pytest.fixture(scope="session")
@@ -202,7 +202,8 @@ def test_imagenet_val_sorter(tmp_path, woof_jpegs, capsys) -> None:
     synsets.write_text("n01440764\nn01443537\nn01484850\n")
     assert imagenet_val([str(val), "--devkit", str(data.parent), "--synsets", str(synsets)]) == 0
     assert sorted(p.name for p in val.iterdir()) == ["n01440764", "n01443537", "n01484850"]
-    assert sorted(p.name for p in (val / "n01443537").iterdir()) == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000003.JPEG"]
+    assert sorted(p.name for p in (val / "n01443537").iterdir()) == ["ILSVRC2012_val_00000001.JPEG",
+                                                                     "ILSVRC2012_val_00000003.JPEG"]
     assert "moved 4 images into 3 class folders" in capsys.readouterr().out
     # Kaggle's LOC_val_solution.csv, linked into another folder
     flat = tmp_path / "flat"

@@ -13,7 +13,12 @@ from PIL import Image
 from resnet_lit.data import ImageNetDataModule
 from resnet_lit.data import folder as image_folder
 from resnet_lit.data.transforms import (
-    MULTI_SCALE_SIZES, CenterCrop, ModernTrainTransform, PaperTrainTransform, TenCrop, pca_lighting,
+    MULTI_SCALE_SIZES,
+    CenterCrop,
+    ModernTrainTransform,
+    PaperTrainTransform,
+    TenCrop,
+    pca_lighting,
 )
 
 WNIDS = ["n02086240", "n02087394", "n02088364", "n02089973", "n02093754",

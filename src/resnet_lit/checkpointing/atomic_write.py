@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from fsspec.implementations.local import LocalFileSystem
 
 TMP_PREFIX = ".tmp-"  # hidden and not ending in .ckpt, so ModelCheckpoint's globs never match it
 

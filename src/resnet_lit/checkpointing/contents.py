@@ -107,7 +107,8 @@ class EpochEndLoopState(Callback):
     Epoch-based runs (``max_steps=-1``) resume exactly without this and are left alone.
     """
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         loop = checkpoint.get("loops", {}).get("fit_loop")
         if trainer.max_steps == -1 or not loop or "epoch_progress" not in loop:
             return

@@ -120,14 +120,19 @@ def find_metrics(path: str | Path) -> list[Path]:
     """All `metrics.csv` files a path stands for (itself, or every one below it, sorted)."""
     path = Path(path)
     if not path.exists():
-        raise ReportError(f"{path} does not exist: expected a run folder (with a metrics.csv below it) or a metrics.csv file")
+        raise ReportError(
+            f"{path} does not exist: expected a run folder (with a metrics.csv below it) or a metrics.csv file"
+        )
     if path.is_file():
         if path.suffix != ".csv":
             raise ReportError(f"{path} is not a .csv file: expected a run folder or the run's metrics.csv")
         return [path]
     found = sorted(path.rglob("metrics.csv"))
     if not found:
-        raise ReportError(f"{path} holds no metrics.csv: expected a run folder written by `resnet-lit fit` (CSV logger), e.g. runs/<name>/")
+        raise ReportError(
+            f"{path} holds no metrics.csv: expected a run folder written by `resnet-lit fit` (CSV logger), "
+            "e.g. runs/<name>/"
+        )
     return found
 
 
@@ -178,7 +183,9 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     found = [p for p in find_metrics(path) if not _is_evaluation_log(p)] or find_metrics(path)
     if len(found) > 1:
         listing = ", ".join(str(p) for p in found[:4]) + (" ..." if len(found) > 4 else "")
-        raise ReportError(f"{path} holds {len(found)} metrics.csv files ({listing}): pass one of them, or use load_runs()")
+        raise ReportError(
+            f"{path} holds {len(found)} metrics.csv files ({listing}): pass one of them, or use load_runs()"
+        )
     csv_path = found[0]
     folder_name = csv_path.resolve().parent.name
     stop_at = path.resolve() if path.is_dir() else csv_path.resolve().parent
@@ -205,7 +212,10 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     if header is None:
         return run  # a job that has not logged yet
     if "step" not in header:
-        raise ReportError(f"{csv_path} has no 'step' column (header: {','.join(header[:8])}): expected a Lightning CSVLogger metrics.csv")
+        raise ReportError(
+            f"{csv_path} has no 'step' column (header: {','.join(header[:8])}): "
+            "expected a Lightning CSVLogger metrics.csv"
+        )
     for row in reader:
         if len(row) != len(header):
             continue  # a row cut by a concurrent rewrite of the file
@@ -269,7 +279,9 @@ def missing_columns(run: Run) -> list[str]:
     return missing
 
 
-def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, ylim: tuple[float, float] | None = None) -> Path:
+def plot_figure6(
+    runs: list[Run], out: str | Path, title: str | None = None, ylim: tuple[float, float] | None = None
+) -> Path:
     """Draw Figure 6: plain nets left, ResNets right (one panel if only one family has runs);
     train error dashed, val/test error solid.
 
@@ -306,7 +318,14 @@ def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, yli
             if train:
                 ax.plot([(s + 1) / unit for s, _ in train], [v for _, v in train], "--", color=colour, linewidth=1)
             if evaluated:
-                ax.plot([(s + 1) / unit for s, _ in evaluated], [v for _, v in evaluated], "-", color=colour, linewidth=2, label=name)
+                ax.plot(
+                    [(s + 1) / unit for s, _ in evaluated],
+                    [v for _, v in evaluated],
+                    "-",
+                    color=colour,
+                    linewidth=2,
+                    label=name,
+                )
             elif train:
                 ax.plot([], [], "-", color=colour, linewidth=2, label=f"{name} (train only)")
         ax.set_xlabel(f"iter. (1e{int(math.log10(unit))})" if unit > 1 else "iter.")
@@ -318,7 +337,9 @@ def plot_figure6(runs: list[Run], out: str | Path, title: str | None = None, yli
     if ylim is not None:
         axes[0].set_ylim(*ylim)
     # wrapped to the figure's width (about 60 characters a panel at this size)
-    fig.suptitle(textwrap.fill(title or "training error (dashed), test/val error (solid)", 60 * len(families)), fontsize=10)
+    fig.suptitle(
+        textwrap.fill(title or "training error (dashed), test/val error (solid)", 60 * len(families)), fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     return out
@@ -331,7 +352,8 @@ def _fmt(value: float | None) -> str:
 def error_table(runs: list[Run]) -> str:
     """Markdown table of final errors (percent) next to the paper's, with notes on missing data."""
     lines = [
-        "| run | arch | steps | finished | final train err % | final val err % | best val err % | test err % | paper err % |",
+        "| run | arch | steps | finished | final train err % | final val err % | best val err % | test err % "
+        "| paper err % |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     notes = []
@@ -356,8 +378,11 @@ def error_table(runs: list[Run]) -> str:
             notes.append(f"- {run.name}: last line was half-written (run still going) and was skipped")
     families = sorted({r.family for r in runs} & set(PAPER_SOURCE))
     lines.append("")
-    lines.append("Errors are top-1 in percent. Steps = optimiser steps logged. Paper: "
-                 + "; ".join(f"{f}: {PAPER_SOURCE[f]}" for f in families) + ("." if families else "none for these archs."))
+    lines.append(
+        "Errors are top-1 in percent. Steps = optimiser steps logged. Paper: "
+        + "; ".join(f"{f}: {PAPER_SOURCE[f]}" for f in families)
+        + ("." if families else "none for these archs.")
+    )
     common = common_step_errors(runs)
     if common:
         lines.append("")
@@ -396,9 +421,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         description="Figure 6-style plots and a table of final errors from the CSV logs of runs.",
     )
     parser.add_argument("runs", nargs="+", help="run folders (a metrics.csv anywhere below) or metrics.csv files")
-    parser.add_argument("--out", default="reports", help="output folder for figure6_<family>.png and errors.md (default: reports)")
+    parser.add_argument(
+        "--out", default="reports", help="output folder for figure6_<family>.png and errors.md (default: reports)"
+    )
     parser.add_argument("--title", default=None, help="figure title (default: a description of the curves)")
-    parser.add_argument("--ylim", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"), help="error axis range in percent, e.g. 0 20 like the paper")
+    parser.add_argument(
+        "--ylim",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="error axis range in percent, e.g. 0 20 like the paper",
+    )
     return parser.parse_args(argv)
 
 
@@ -414,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for family in sorted({r.family for r in runs}):
         family_runs = [r for r in runs if r.family == family]
-        path = plot_figure6(family_runs, out / f"figure6_{family}.png", title=args.title, ylim=tuple(args.ylim) if args.ylim else None)
+        path = plot_figure6(
+            family_runs, out / f"figure6_{family}.png", title=args.title, ylim=tuple(args.ylim) if args.ylim else None
+        )
         print(f"wrote {path}")
     table = error_table(runs)
     (out / "errors.md").write_text(table)

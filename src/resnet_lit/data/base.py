@@ -109,7 +109,8 @@ class ImageDataModule(L.LightningDataModule):
         n = int(bad.sum())
         if n:
             self.num_skipped += n
-            log.warning("skipped %d unreadable image(s) in this batch (%d so far; on_bad_image='skip')", n, self.num_skipped)
+            log.warning("skipped %d unreadable image(s) in this batch (%d so far; on_bad_image='skip')", n,
+                        self.num_skipped)
         t = self.trainer
         if t is None or t.logger is None or self.hparams.on_bad_image != "skip":
             return
@@ -119,7 +120,8 @@ class ImageDataModule(L.LightningDataModule):
             # Summed over ranks on the training steps the logger writes: every rank reaches them at the
             # same batch (training shards are equally long; evaluation shards may differ by a batch, so
             # a rank's evaluation skips join the sum at the next such step).
-            total = int(t.strategy.reduce(torch.tensor(self.num_skipped, device=t.strategy.root_device), reduce_op="sum"))
+            total = int(t.strategy.reduce(torch.tensor(self.num_skipped, device=t.strategy.root_device),
+                                          reduce_op="sum"))
         else:
             return
         if total > self._skipped_logged:

@@ -10,7 +10,6 @@ the whole batch there (``transforms.normalize_padded`` and ``crop_and_flip``).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -131,7 +130,8 @@ class CIFARDataModule(ImageDataModule):
             self._data = load_cifar(hp.root, cache_dir=hp.cache_dir, on_bad_image=hp.on_bad_image)
             self.num_skipped = int(self._data.get("skipped", 0))
             if self.num_skipped:
-                log.warning("CIFAR: skipped %d unreadable images in %s (on_bad_image='skip')", self.num_skipped, hp.root)
+                log.warning("CIFAR: skipped %d unreadable images in %s (on_bad_image='skip')", self.num_skipped,
+                            hp.root)
         return self._data
 
     @property

@@ -120,7 +120,8 @@ def _read_pickles(kind: str, files: list[Path]) -> dict:
         train, test = [_unpickle(train_file)], [_unpickle(test_file)]
     train_x, train_y = arrays(train, key)
     test_x, test_y = arrays(test, key)
-    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": classes, "skipped": 0}
+    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": classes,
+            "skipped": 0}
 
 
 def _decode_all(items, on_bad_image: str) -> tuple[list[torch.Tensor], list[str], int]:

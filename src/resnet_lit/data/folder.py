@@ -147,7 +147,8 @@ def extract_archive(path: Path, dest: Path) -> None:
 
 
 def resolve_split(root: Path, split: str, cache_dir: str | None) -> Path | None:
-    """The folder of ``split`` under ``root``: ``root/split`` or the extracted ``root/split.tar.gz``; None if neither."""
+    """The folder of ``split`` under ``root``: ``root/split`` or the extracted ``root/split.tar.gz``; None if
+    neither."""
     if (root / split).is_dir():
         return root / split
     archive = find_archive(root, split)
@@ -179,7 +180,9 @@ def list_predict_files(paths: str | list[str]) -> list[str]:
         elif path.is_file():
             out.append(str(path))
         else:
-            raise FileNotFoundError(f"predict_path {path} does not exist: give an image file, a folder of images, or a list of them")
+            raise FileNotFoundError(
+                f"predict_path {path} does not exist: give an image file, a folder of images, or a list of them"
+            )
     if not out:
         raise FileNotFoundError(f"predict_path {paths} holds no image files")
     return out

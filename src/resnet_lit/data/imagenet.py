@@ -18,16 +18,26 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from .base import ImageDataModule
-
+from .decode import BadImageError
 from .folder import (
-    ImageFiles, check_same_classes, default_num_workers, list_predict_files, require_path, resolve_split,
-    scan_files, scan_image_folder,
+    ImageFiles,
+    check_same_classes,
+    list_predict_files,
+    require_path,
+    resolve_split,
+    scan_files,
+    scan_image_folder,
 )
 from .transforms import (
-    IMAGENET_MEAN, IMAGENET_STD, CenterCrop, ModernTrainTransform, MultiScale, PaperTrainTransform, TenCrop,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CenterCrop,
+    ModernTrainTransform,
+    MultiScale,
+    PaperTrainTransform,
+    TenCrop,
     pca_lighting,
 )
-from .decode import BadImageError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +118,8 @@ class ImageNetDataModule(ImageDataModule):
         return {"train": hp.train_dir, "val": hp.val_dir, "test": hp.test_dir or hp.val_dir}[split]
 
     def _split_dir(self, name: str) -> Path | None:
-        root = require_path(Path(self.hparams.root).expanduser(), "ImageNet root", "Point root at the folder holding train/ and val/.")
+        root = require_path(Path(self.hparams.root).expanduser(), "ImageNet root",
+                            "Point root at the folder holding train/ and val/.")
         return resolve_split(root, name, self.hparams.cache_dir)
 
     def _samples(self, name: str) -> list[tuple[str, int]]:
@@ -138,7 +149,8 @@ class ImageNetDataModule(ImageDataModule):
 
     @property
     def classes(self) -> list[str]:
-        """Class names: the training split's folder names, sorted (the validation split's if there is no training split)."""
+        """Class names: the training split's folder names, sorted (the validation split's if there is no
+        training split)."""
         if self._classes is None:
             split = self._split_dir(self._first_split())
             self._classes = scan_image_folder(split, on_bad_image=self.hparams.on_bad_image)[0]
@@ -182,7 +194,8 @@ class ImageNetDataModule(ImageDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: ImageFiles, batch_size: int, train: bool) -> DataLoader:
         sampler = self._shard(len(ds), train=train)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train, **self._worker_args(self.pin_memory))
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
+                          **self._worker_args(self.pin_memory))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -34,14 +34,16 @@ class Throughput(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0, self._images = None, 0  # epoch boundaries include validation: restart the window
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self._t0 is None:
             self._t0 = time.perf_counter()
             return
         self._images += _batch_size(batch) * trainer.world_size
         if self._images and trainer.global_step % self.every_n_steps == 0:
             elapsed = time.perf_counter() - self._t0
-            pl_module.log("train/images_per_s", self._images / elapsed, on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/images_per_s", self._images / elapsed, on_step=True, on_epoch=False,
+                          rank_zero_only=True)
             self._t0, self._images = time.perf_counter(), 0
 
 
@@ -70,13 +72,15 @@ class LineProgress(ProgressBar):
         items = [(k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)]
         return " ".join(f"{k}={float(v):.4g}" for k, v in sorted(items))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else "?"
             lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
             elapsed = time.perf_counter() - self._t0
-            self._print(f"epoch {trainer.current_epoch} step {step}/{total} lr={lr:.4g} {self._metrics(trainer, 'train/')} [{elapsed:.0f}s]")
+            self._print(f"epoch {trainer.current_epoch} step {step}/{total} lr={lr:.4g} "
+                        f"{self._metrics(trainer, 'train/')} [{elapsed:.0f}s]")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ArgumentError
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
 from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, wandb_run_id_of
@@ -86,7 +85,8 @@ class ResNetCLI(LightningCLI):
         if ckpt_path == "last":  # Lightning would look in a new version folder; ours is fixed
             last = Path(config.checkpoint.dirpath) / "last.ckpt"
             if not last.is_file():
-                _fail(f"--ckpt_path last: no checkpoint at {last}. Start a new run without --ckpt_path, or name the checkpoint file.")
+                _fail(f"--ckpt_path last: no checkpoint at {last}. "
+                      "Start a new run without --ckpt_path, or name the checkpoint file.")
             config.ckpt_path = ckpt_path = str(last)
         if ckpt_path and not Path(ckpt_path).is_file():
             _fail(f"--ckpt_path {ckpt_path}: no such file.")
@@ -99,7 +99,8 @@ class ResNetCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict") and not ckpt_path and not config.model.init_weights:
             _fail(
                 f"{self.subcommand} needs trained weights, or it would evaluate a randomly initialised network: "
-                f"--ckpt_path PATH (a run's checkpoint; `--ckpt_path last` is {Path(config.checkpoint.dirpath) / 'last.ckpt'}), "
+                "--ckpt_path PATH (a run's checkpoint; "
+                f"`--ckpt_path last` is {Path(config.checkpoint.dirpath) / 'last.ckpt'}), "
                 "or --model.init_weights PATH (torchvision, timm, safetensors or resnet-lit weights)."
             )
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml

@@ -26,7 +26,13 @@ from resnet_lit.lightning_private import epoch_batches_done_and_validating, shou
 from resnet_lit.models import create_model
 from resnet_lit.training.finetune import apply_freeze, param_groups
 from resnet_lit.training.schedules import (
-    OptimizerConfig, ScheduleConfig, build_optimizer, build_scheduler, global_batch_size, scaled_lr, steps_per_epoch,
+    OptimizerConfig,
+    ScheduleConfig,
+    build_optimizer,
+    build_scheduler,
+    global_batch_size,
+    scaled_lr,
+    steps_per_epoch,
 )
 from resnet_lit.training.train_accuracy import TrainAccuracy
 

@@ -114,7 +114,8 @@ def steps_per_epoch(batches_per_epoch: int | float, accumulate: int = 1) -> int:
     return max(1, math.ceil(int(batches_per_epoch) / accumulate))
 
 
-def lr_factor(step: int, schedule: ScheduleConfig, total_steps: int | None = None, steps_per_epoch: int | None = None) -> float:
+def lr_factor(step: int, schedule: ScheduleConfig, total_steps: int | None = None,
+              steps_per_epoch: int | None = None) -> float:
     """Multiplier of the (scaled) base lr after ``step`` optimiser steps.
 
     ``total_steps`` is needed by ``cosine``; ``steps_per_epoch`` by milestones in epochs.
@@ -143,7 +144,8 @@ def _need(value: int | None, name: str) -> int:
     return value
 
 
-def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float,
+                    device: torch.device) -> torch.optim.Optimizer:
     """The ``torch.optim`` class ``cfg.name`` over the parameter ``groups``, at the scaled ``lr``."""
     cls = getattr(torch.optim, cfg.name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
@@ -162,7 +164,9 @@ def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: floa
     kwargs.update(cfg.args)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"optimizer.args {unknown} are not arguments of torch.optim.{cfg.name}; it takes {sorted(accepted)}")
+        raise ValueError(
+            f"optimizer.args {unknown} are not arguments of torch.optim.{cfg.name}; it takes {sorted(accepted)}"
+        )
     return cls(groups, **kwargs)
 
 
@@ -178,7 +182,8 @@ def build_scheduler(
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=schedule.gamma, patience=schedule.patience
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/error", "interval": "epoch"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "monitor": "val/error", "interval": "epoch"}}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, schedule, total_steps, steps_per_epoch)
     )

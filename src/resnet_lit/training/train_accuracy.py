@@ -37,7 +37,8 @@ class TrainAccuracy:
     def reset(self) -> None:
         self.hits, self.seen = None, 0
 
-    def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> tuple[float, float] | None:
+    def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor],
+                device: torch.device) -> tuple[float, float] | None:
         """Top-1 and top-k accuracy over every rank (``reduce`` sums a tensor over ranks; every rank
         calls it, even one with no batches), then reset; None when no rank saw an image."""
         local = torch.zeros(3, dtype=torch.long, device=device)
