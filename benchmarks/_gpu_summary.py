@@ -3,9 +3,9 @@
     python benchmarks/_gpu_summary.py fit RUN_DIR CLOCK_JSON WALL_S BATCH OUT_JSON  -> prints the projected 64k time (s)
     python benchmarks/_gpu_summary.py test RUN_DIR OUT_JSON KEY                 -> adds test/error to OUT_JSON
     python benchmarks/_gpu_summary.py summary OUT_DIR                           -> OUT_DIR/summary.md
-    python benchmarks/_gpu_summary.py nest OUT_JSON KEY PART_JSON                -> PART_JSON's figures under KEY in OUT_JSON
-    python benchmarks/_gpu_summary.py faster_eval RO_JSON                        -> "eager" or "compiled": the faster projection
-    python benchmarks/_gpu_summary.py elapsed CKPT                              -> training seconds Lightning's Timer recorded
+    python benchmarks/_gpu_summary.py nest OUT_JSON KEY PART_JSON  -> PART_JSON's figures under KEY in OUT_JSON
+    python benchmarks/_gpu_summary.py faster_eval RO_JSON  -> "eager" or "compiled": the faster projection
+    python benchmarks/_gpu_summary.py elapsed CKPT  -> training seconds Lightning's Timer recorded
 """
 
 from __future__ import annotations
@@ -112,12 +112,15 @@ def summary(out_dir: Path) -> None:
             lines += [f"{name}: not produced", ""]
             continue
         m, v = d["machine"], d["versions"]
-        lines += [f"## {name}", f"{m.get('gpu')} | torch {v.get('torch')} | lightning {v.get('lightning')} | {d['date']}",
-                  f"`{d['command']}`", "", "| model | batch | setting | task | images/s | ms/step | warm-up s | peak MiB |",
+        lines += [f"## {name}",
+                  f"{m.get('gpu')} | torch {v.get('torch')} | lightning {v.get('lightning')} | {d['date']}",
+                  f"`{d['command']}`", "",
+                  "| model | batch | setting | task | images/s | ms/step | warm-up s | peak MiB |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in d.get("results", []):
-            lines.append(f"| {r['model']} | {r['batch']} | {r['setting']} | {r['task']} | {fmt(r.get('images_per_s'))} | "
-                         f"{fmt(r.get('ms_per_step'), 2)} | {fmt(r.get('warmup_s'))} | {fmt(r.get('peak_mem_mib'), 0)} |"
+            lines.append(f"| {r['model']} | {r['batch']} | {r['setting']} | {r['task']} | "
+                         f"{fmt(r.get('images_per_s'))} | {fmt(r.get('ms_per_step'), 2)} | {fmt(r.get('warmup_s'))} | "
+                         f"{fmt(r.get('peak_mem_mib'), 0)} |"
                          + (f" {r['error']}" if r.get("error") else ""))
         lines.append("")
     for name in ("cifar_short.json", "cifar_reduce_overhead.json", "cifar_full.json"):
@@ -125,7 +128,8 @@ def summary(out_dir: Path) -> None:
         lines += [f"## {name}", "```", json.dumps(d, indent=2) if d else "not produced", "```", ""]
     d = load(out_dir / "data.json")
     if d:
-        lines += ["## data.json", f"cifar_ratio {fmt(d.get('cifar_ratio'))}, imagenet_ratio {fmt(d.get('imagenet_ratio'), 2)}",
+        lines += ["## data.json",
+                  f"cifar_ratio {fmt(d.get('cifar_ratio'))}, imagenet_ratio {fmt(d.get('imagenet_ratio'), 2)}",
                   "```", json.dumps({k: d.get(k) for k in ("cifar", "imagenet")}, indent=2), "```", ""]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -114,7 +114,8 @@ def cifar(args: argparse.Namespace, rep: Report, workers: int) -> dict[str, Any]
         rows.append({"part": "cifar", "workers": workers, "repeat": r, "ours_images_per_s": a,
                      "torchvision_images_per_s": b, "ratio": a / b})
         rep.append("cifar_runs", rows[-1])
-        print(f"cifar, {workers} workers, repeat {r}: ours {a:,.0f} img/s, torchvision {b:,.0f} img/s, ratio {a / b:.1f}", flush=True)
+        print(f"cifar, {workers} workers, repeat {r}: ours {a:,.0f} img/s, torchvision {b:,.0f} img/s, "
+              f"ratio {a / b:.1f}", flush=True)
     return {"ours_images_per_s": median(r["ours_images_per_s"] for r in rows),
             "torchvision_images_per_s": median(r["torchvision_images_per_s"] for r in rows),
             "ratio": median(r["ratio"] for r in rows), "workers": workers, "batch": args.batch, "device": args.device}
@@ -139,7 +140,8 @@ def imagenet_pipelines() -> dict[str, Callable[[Path], torch.Tensor]]:
 
     from resnet_lit.data.transforms import ModernTrainTransform, PaperTrainTransform
 
-    reference = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    reference = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def pil_loader(path: Path) -> Image.Image:  # torchvision.datasets.folder.pil_loader
         with open(path, "rb") as f:
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args.cifar_root = args.cifar_root or default_data_root("cifar10-jpeg")
     args.imagenet_root = args.imagenet_root or default_data_root("imagewoof-mini")
     parts = args.parts.split(",")
-    rep = Report("data.py", args, {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"})
+    rep = Report("data.py", args,
+                 {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"})
     print_header(rep)
     rows = []
     if "cifar" in parts:
@@ -226,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(c)
             rep["cifar_by_workers"] = results
             rows.append({"pipeline": f"CIFAR-10 train, batch {args.batch}, {w} workers, aug on {args.device}",
-                         "ours_images_per_s": c["ours_images_per_s"], "torchvision_images_per_s": c["torchvision_images_per_s"],
+                         "ours_images_per_s": c["ours_images_per_s"],
+                         "torchvision_images_per_s": c["torchvision_images_per_s"],
                          "ratio": c["ratio"], "target": ">= 20"})
         rep["cifar"] = results[0]
         rep["cifar_ratio"] = results[0]["ratio"]
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         r = imagenet(args, rep)
         c = rep.data["imagenet"]
         rows.append({"pipeline": "ImageNet decode+augment (imagewoof-mini), per worker",
-                     "ours_images_per_s": c["ours_images_per_s"], "torchvision_images_per_s": c["torchvision_images_per_s"],
+                     "ours_images_per_s": c["ours_images_per_s"],
+                     "torchvision_images_per_s": c["torchvision_images_per_s"],
                      "ratio": r, "target": ">= 1.5"})
     print()
     print(table(rows, ["pipeline", "ours_images_per_s", "torchvision_images_per_s", "ratio", "target"]))

@@ -150,7 +150,7 @@ for n in ("torch", "torchvision", "lightning", "torchmetrics", "jsonargparse", "
         print(f"  {n} -- not installed")
 import torch
 print("cuda", torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-import resnet_lit.module, resnet_lit.cli, resnet_lit.data  # must import without wandb
+import resnet_lit.training.classifier, resnet_lit.runs.cli, resnet_lit.data  # must import without wandb
 print("resnet_lit imports: ok; wandb loaded:", "wandb" in sys.modules)
 EOF
     ls -la "$DATA_ROOT" || echo "NO CIFAR DATA at $DATA_ROOT: the cifar/full steps will fail"

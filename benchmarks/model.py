@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", default=None, help=f"comma list (CPU default {CPU_SETTINGS}; GPU {GPU_SETTINGS})")
     p.add_argument("--tasks", default="train,infer", help="train, infer or both")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20, quick 2)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, quick 1; compile happens here)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps first (default 5, quick 1; compile happens here)")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
     args = p.parse_args(argv)
     setup_threads(args.threads)
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if gpu and not args.no_cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     models = parse_models(args.models or (QUICK_MODELS if args.quick else GPU_MODELS if gpu else CPU_MODELS))
-    settings = [parse_setting(t) for t in (args.settings or (QUICK_SETTINGS if args.quick else GPU_SETTINGS if gpu else CPU_SETTINGS)).split(",")]
+    default = QUICK_SETTINGS if args.quick else GPU_SETTINGS if gpu else CPU_SETTINGS
+    settings = [parse_setting(t) for t in (args.settings or default).split(",")]
     tasks = args.tasks.split(",")
     steps = args.steps or (2 if args.quick else 20)
     warmup = args.warmup or (1 if args.quick else 5)
@@ -274,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             rec.update({"error": "interrupted (time limit)", "images_per_s": None})
             interrupted = True
         except Exception as e:  # one failing setting (e.g. compile on an old stack) must not lose the rest
-            rec.update({"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}", "images_per_s": None})
+            rec.update({"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                        "images_per_s": None})
         if s.compile_mode and "reduce-overhead" in s.compile_mode:
             rec["cudagraph_skips"] = cudagraph_skips() - skips0
         rows.append(rec)
@@ -292,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         if gpu:
             torch.cuda.empty_cache()
     print()
-    print(table(rows, ["model", "batch", "image_size", "setting", "task", "images_per_s", "ms_per_step", "warmup_s", "peak_mem_mib"]))
+    print(table(rows,
+                ["model", "batch", "image_size", "setting", "task", "images_per_s", "ms_per_step", "warmup_s",
+                 "peak_mem_mib"]))
     if args.out:
         print(f"\nwrote {args.out}")
     return 0

@@ -1,6 +1,6 @@
 """Lightning overhead: the same ResNet training steps through `resnet-lit fit` and a hand loop.
 
-Side A is the real CLI, in-process (`resnet_lit.cli.main`): the recipe config
+Side A is the real CLI, in-process (`resnet_lit.runs.cli.main`): the recipe config
 (configs/cifar10/resnet20.yaml) plus the trainer overlay (cpu.yaml or gpu.yaml), the
 CIFARDataModule on the real CIFAR-10 archive (decoded once, then in memory), ImageClassifier with
 its torchmetrics, logging, progress, throughput and LR-monitor callbacks, CSV logger and
@@ -14,7 +14,8 @@ sides alike; the figure is the median of the per-pair ratios A/B.
 
     python benchmarks/overhead.py --quick
     python benchmarks/overhead.py --pairs 5 --steps 30 --out overhead.json
-    python benchmarks/overhead.py --batch 16 --width 0.0625 --steps 150 --warmup 10 --bare   # per-step cost, compute taken away
+    # per-step cost, compute taken away:
+    python benchmarks/overhead.py --batch 16 --width 0.0625 --steps 150 --warmup 10 --bare
 
 With ``--bare`` a third side runs in each pair: ImageClassifier in a plain Trainer without the
 callbacks, logger and checkpointing the CLI adds, which splits the overhead into Lightning's loop
@@ -40,7 +41,7 @@ from _steptimer import StepTimer  # noqa: E402
 
 
 def lightning_run(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
-    from resnet_lit.cli import main as cli_main
+    from resnet_lit.runs.cli import main as cli_main
 
     overlay = "gpu.yaml" if args.device == "cuda" else "cpu.yaml"
     argv = [
@@ -87,8 +88,8 @@ def bare_run(args: argparse.Namespace, hand: "HandLoop") -> dict[str, float]:
     import lightning as L
 
     from resnet_lit.data import CIFARDataModule
-    from resnet_lit.module import ImageClassifier
-    from resnet_lit.schedules import OptimizerConfig, ScheduleConfig
+    from resnet_lit.training.classifier import ImageClassifier
+    from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig
 
     gpu = args.device == "cuda"
     dm = CIFARDataModule(str(args.data_root), batch_size=args.batch)
@@ -135,7 +136,7 @@ class HandLoop:
 
     def run(self) -> dict[str, float]:
         from resnet_lit.models import create_model
-        from resnet_lit.schedules import ScheduleConfig, lr_factor
+        from resnet_lit.training.schedules import ScheduleConfig, lr_factor
 
         a, dev = self.args, self.device
         t_start = time.perf_counter()
@@ -199,7 +200,8 @@ def profile_lightning(args: argparse.Namespace, rep: Report) -> None:
             "forward", "__call__", "advance", "run", "closure", "zero_grad", "lr_lambda", "<lambda>")
     rows = []
     for (file, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
-        if nc >= steps and func in keys and ("lightning" in file or "resnet_lit" in file or "torchmetrics" in file or "torch/optim" in file):
+        ours = any(part in file for part in ("lightning", "resnet_lit", "torchmetrics", "torch/optim"))
+        if nc >= steps and func in keys and ours:
             rows.append({"function": f"{Path(file).parent.name}/{Path(file).name}:{line} {func}", "calls": nc,
                          "ms_per_step_cumulative": 1e3 * ct / steps, "ms_per_step_own": 1e3 * tt / steps})
     rows.sort(key=lambda r: -r["ms_per_step_cumulative"])
@@ -247,7 +249,8 @@ def count_ops(args: argparse.Namespace, rep: Report) -> None:
     diff = {k: fit[k] - hand[k] for k in fit | hand if fit[k] != hand[k]}
     rep["aten_calls_per_step"] = {"lightning": sum(fit.values()), "hand": sum(hand.values()), "difference": diff}
     print(f"\nATen calls per training step: resnet-lit fit {sum(fit.values()):.1f}, hand loop {sum(hand.values()):.1f}")
-    print("  resnet-lit fit minus hand loop: " + ", ".join(f"{k} {v:+g}" for k, v in sorted(diff.items(), key=lambda kv: -abs(kv[1]))))
+    print("  resnet-lit fit minus hand loop: " + ", ".join(f"{k} {v:+g}" for k,
+                                                           v in sorted(diff.items(), key=lambda kv: -abs(kv[1]))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,19 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="resnet20", help="a configs/cifar10/<arch>.yaml recipe")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--pairs", type=int, default=None, help="A/B pairs (default 4, quick 2)")
-    p.add_argument("--steps", type=int, default=None, help="timed iterations per run (default 20 CPU / 300 GPU, quick 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3 CPU / 30 GPU, quick 1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed iterations per run (default 20 CPU / 300 GPU, quick 3)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed iterations first (default 3 CPU / 30 GPU, quick 1)")
     p.add_argument("--compile", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="override the config's compile setting on both sides (true/false)")
-    p.add_argument("--data-root", type=Path, default=None, help="CIFAR-10 archive folder (default .data/ or ../shared/data)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="CIFAR-10 archive folder (default .data/ or ../shared/data)")
     p.add_argument("--target", type=float, default=1.03)
     p.add_argument("--width", type=float, default=1.0,
                    help="channel multiplier on both sides; e.g. 0.0625 with --batch 8 makes compute negligible, "
                         "so the step times show the framework's own per-step cost (what matters on a GPU)")
     p.add_argument("--bare", action="store_true",
-                   help="also time a third side in each pair: ImageClassifier in a plain Trainer with no callbacks, logger or checkpointing")
+                   help="also time a third side in each pair: ImageClassifier in a plain Trainer with no callbacks, "
+                        "logger or checkpointing")
     p.add_argument("--ops", action="store_true",
-                   help="after the pairs, count the ATen calls per training step on both sides (kernel launches on a GPU)")
+                   help="after the pairs, count the ATen calls per training step on both sides "
+                        "(kernel launches on a GPU)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after the pairs, profile one more resnet-lit fit (cProfile) and print its top N functions")
     args = p.parse_args(argv)
@@ -284,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "arch": args.arch, "batch": args.batch, "pairs": args.pairs,
         "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "width": args.width,
         "threads": torch.get_num_threads(), "data_root": str(args.data_root),
-        "order": "alternating A (resnet-lit fit) / B (hand loop) [/ C (bare Trainer) with --bare], median of per-pair ratios", "bare": args.bare,
+        "order": "alternating A (resnet-lit fit) / B (hand loop) [/ C (bare Trainer) with --bare], "
+                 "median of per-pair ratios",
+        "bare": args.bare,
     })
     print_header(rep)
     hand = HandLoop(args)
@@ -328,15 +338,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile_lightning(args, rep)
     print()
-    print(table(rows, ["pair", "lightning_ms_per_step", "hand_ms_per_step", *(["bare_ms_per_step"] if args.bare else []),
+    print(table(rows,
+                ["pair", "lightning_ms_per_step", "hand_ms_per_step", *(["bare_ms_per_step"] if args.bare else []),
                        "ratio", "ratio_window", "lightning_fixed_s", "hand_fixed_s"]))
     print(f"\nratio (median over {len(rows)} pairs of median step times) = {ratio:.4f}  (target <= {args.target}); "
           f"window-total ratio {rep.data['ratio_window']:.4f}; Lightning overhead {overhead_ms:+.2f} ms/step; "
           f"time outside the window per run (start-up, warm-up, tear-down): "
-          f"{rep.data['fixed_cost_s']['lightning']:.1f} s (resnet-lit fit) vs {rep.data['fixed_cost_s']['hand']:.1f} s (hand)")
+          f"{rep.data['fixed_cost_s']['lightning']:.1f} s (resnet-lit fit) "
+          f"vs {rep.data['fixed_cost_s']['hand']:.1f} s (hand)")
     if args.bare:
-        print(f"of which Lightning's own loop (bare Trainer minus hand loop) {rep.data['bare_overhead_ms_per_step']:+.2f} ms/step, "
-              f"what resnet-lit fit adds to it (callbacks, logger, checkpointing) {rep.data['cli_additions_ms_per_step']:+.2f} ms/step")
+        print("of which Lightning's own loop (bare Trainer minus hand loop) "
+              f"{rep.data['bare_overhead_ms_per_step']:+.2f} ms/step, "
+              "what resnet-lit fit adds to it (callbacks, logger, checkpointing) "
+              f"{rep.data['cli_additions_ms_per_step']:+.2f} ms/step")
     return 0
 
 

@@ -24,7 +24,9 @@ def repo_root() -> Path:
 def shared_data() -> Path:
     path = _shared_data()
     if not path.is_dir():
-        raise FileNotFoundError(f"real test data not found at {path}: the tests expect ../shared/data beside the checkout")
+        raise FileNotFoundError(
+            f"real test data not found at {path}: the tests expect ../shared/data beside the checkout"
+        )
     return path
 
 

@@ -14,7 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class RecordRanks(Callback):
-    """Each process writes ``rank<global>.txt`` = "RANK=.. NODE_RANK=.. WORLD_SIZE=.. SLURM_NODEID=.." into ``folder``."""
+    """Each process writes ``rank<global>.txt`` = "RANK=.. NODE_RANK=.. WORLD_SIZE=.. SLURM_NODEID=.." into
+    ``folder``."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -29,9 +30,9 @@ class RecordRanks(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before the module's own hook (non-monitoring callbacks run first): this rank's share of
         # the epoch's training accuracy counts, "epoch hits1 hits5 seen", into counts<global>.txt.
-        hits = pl_module._train_hits.tolist() if pl_module._train_hits is not None else [0, 0]
+        counts = pl_module.train_accuracy.state_dict()
         with open(Path(self.folder, f"counts{trainer.global_rank}.txt"), "a") as f:
-            f.write(f"{trainer.current_epoch} {hits[0]} {hits[1]} {pl_module._train_seen}\n")
+            f.write(f"{trainer.current_epoch} {counts['hits1']} {counts['hits5']} {counts['seen']}\n")
 
 
 class Progress(Callback):

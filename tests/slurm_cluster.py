@@ -179,7 +179,7 @@ Waittime=0
 NodeName=n1 NodeAddr=127.0.0.1 NodeHostname={host} Port={p1} CPUs={cpus_per_node} RealMemory={real_memory_mb} State=UNKNOWN
 NodeName=n2 NodeAddr=127.0.0.1 NodeHostname={host} Port={p2} CPUs={cpus_per_node} RealMemory={real_memory_mb} State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-""")
+""")  # noqa: E501 (slurm.conf lines)
     return conf
 
 

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from weights_helpers import real_batch, with_trained_bn
 
-from resnet_lit.checkpoints import (
+from resnet_lit.checkpointing.weights import (
     UnsafeCheckpointError,
     guess_architecture,
     infer_arch,
@@ -19,9 +19,9 @@ from resnet_lit.checkpoints import (
     load_state_dict_file,
     load_weights,
 )
-from resnet_lit.export import export_safetensors
+from resnet_lit.commands.export import export_safetensors
 from resnet_lit.models import create_model
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def images(imagewoof_root: Path) -> torch.Tensor:
 
 
 def _lightning_ckpt(module: pl.LightningModule, path: Path) -> Path:
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
@@ -100,7 +101,7 @@ def test_compiled_checkpoint_loads_into_eager_model(tmp_path: Path, images: torc
 
 
 def test_torchvision_resnet50_round_trip(tmp_path: Path, images: torch.Tensor) -> None:
-    from resnet_lit.export import torchvision_state_dict
+    from resnet_lit.commands.export import torchvision_state_dict
 
     tv = with_trained_bn(torchvision.models.resnet50(weights=None), images)
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
@@ -162,7 +163,9 @@ def test_wrong_depth_lists_keys_and_guesses_file() -> None:
 
 def test_wrong_width_shows_shapes() -> None:
     sd = create_model("resnet20", width=2.0).state_dict()
-    with pytest.raises(ValueError, match=r"keys with wrong shapes: conv1.weight file \[32, 3, 3, 3\] vs model \[16, 3, 3, 3\]") as e:
+    with pytest.raises(ValueError,
+                       match=r"keys with wrong shapes: conv1.weight file \[32, 3, 3, 3\] "
+                             r"vs model \[16, 3, 3, 3\]") as e:
         load_into(create_model("resnet20"), sd)
     assert "width 2" in str(e.value)
 
@@ -177,7 +180,8 @@ def test_v1_file_into_v15_model_is_refused(tmp_path: Path) -> None:
 
 def test_v1_lightning_checkpoint_into_v15_is_refused(tmp_path: Path) -> None:
     path = _lightning_ckpt(ImageClassifier(arch="resnet50", num_classes=4, stride_in_1x1=True), tmp_path / "v1.ckpt")
-    with pytest.raises(ValueError, match=r"different architecture than the model: stride_in_1x1: file True, model False"):
+    with pytest.raises(ValueError,
+                       match=r"different architecture than the model: stride_in_1x1: file True, model False"):
         load_weights(create_model("resnet50", num_classes=4), path)
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fit_helpers import small_fit_args
 
-from resnet_lit.cli import main
-from resnet_lit.module import ImageClassifier
+from resnet_lit.runs.cli import main
+from resnet_lit.training.classifier import ImageClassifier
 
 CPU = ["--config", "configs/trainer/cpu.yaml"]
 
@@ -30,12 +31,9 @@ def cache_dir(shared_decode_cache) -> Path:
 
 
 def fit_args(run_dir: Path, cache_dir: Path, *extra: str, steps: int = 6) -> list[str]:
-    return [
-        "fit", "--config", "configs/cifar10/resnet20.yaml", *CPU,
-        "--data.subset", "192", "--data.batch_size", "32", "--data.cache_dir", str(cache_dir),
-        "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
-        "--trainer.limit_val_batches", "2", "--run_dir", str(run_dir), *extra,
-    ]
+    """The small real fit, in-process: 192 images / 32 = 6 steps an epoch, 2 validation batches."""
+    return ["fit", *small_fit_args(run_dir, subset=192, steps=steps, cache_dir=cache_dir,
+                                   extra=["--trainer.limit_val_batches", "2", *extra])]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -56,7 +54,8 @@ def test_fit_writes_config_metrics_and_checkpoints(trained_run):
     assert (trained_run / "config.yaml").is_file()
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["model"]["arch"] == "resnet20"
-    hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    hparams = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=True)["hyper_parameters"]
     assert hparams["num_classes"] == 10  # linked from the DataModule
     assert hparams["class_names"][:3] == ["airplane", "automobile", "bird"]
     rows = read_metrics(trained_run)
@@ -79,12 +78,13 @@ def test_checkpoint_reloads_in_a_fresh_process_with_identical_logits(trained_run
         expected = model(batch)
     script = (
         "import sys, torch\n"
-        "from resnet_lit.module import ImageClassifier\n"
+        "from resnet_lit.training.classifier import ImageClassifier\n"
         "m = ImageClassifier.load_from_checkpoint(sys.argv[1], map_location='cpu').eval()\n"
         "with torch.no_grad():\n"
         "    torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(ckpt), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")], check=True)
+    subprocess.run([sys.executable, "-c", script, str(ckpt), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")],
+                   check=True)
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
     # What the weights are travels with them, for loaders that never build the LightningModule.
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -94,7 +94,8 @@ def test_checkpoint_reloads_in_a_fresh_process_with_identical_logits(trained_run
 
 def test_validate_and_test_from_checkpoint(trained_run, cache_dir, capsys):
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
-    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir", str(cache_dir),
+    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir",
+              str(cache_dir),
               "--run_dir", str(trained_run), "--ckpt_path", ckpt]
     main(["validate", *common])
     main(["test", *common])
@@ -111,7 +112,8 @@ def test_evaluation_needs_weights_and_takes_init_weights_as_they_are(trained_run
     with --model.init_weights they are what gets evaluated (the same error as from the checkpoint),
     but only if they fit as they are: a re-initialised classifier would measure nothing."""
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
-    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir", str(cache_dir)]
+    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir",
+              str(cache_dir)]
     with pytest.raises(SystemExit) as exit_info:
         main(["test", *common, "--run_dir", str(tmp_path / "none")])
     assert exit_info.value.code == 2
@@ -187,6 +189,7 @@ def test_a_second_fit_into_the_same_run_dir_is_refused(trained_run, cache_dir, c
         (["--model.width", "wide"], "width"),
         (["--trainer.max_steps", "many"], "max_steps"),
         (["--config", "configs/cifar10/resnet21.yaml"], "configs/cifar10/resnet21.yaml: no such file"),
+        (["-c", "configs/cifar10/resnet21.yaml"], "-c configs/cifar10/resnet21.yaml: no such file"),
         (["--model.arch", "resnet21"], "resnet21"),
     ],
 )
@@ -211,12 +214,14 @@ def test_a_missing_or_misspelt_command_lists_the_commands(args, capsys):
 
 def test_missing_checkpoint_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["validate", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--run_dir", str(tmp_path), "--ckpt_path", str(tmp_path / "nope.ckpt")])
+        main(["validate", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--run_dir", str(tmp_path), "--ckpt_path",
+              str(tmp_path / "nope.ckpt")])
     assert "nope.ckpt: no such file" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_same_cli(repo_root):
-    done = subprocess.run([sys.executable, "-m", "resnet_lit", "fit", "--help"], capture_output=True, text=True, cwd=repo_root)
+    done = subprocess.run([sys.executable, "-m", "resnet_lit", "fit", "--help"], capture_output=True, text=True,
+                          cwd=repo_root)
     assert done.returncode == 0
     assert "--model.arch" in done.stdout and "--run_dir" in done.stdout
 
@@ -229,7 +234,8 @@ def test_wandb_offline_run_and_resume_keeps_the_run_id(cache_dir, tmp_path, monk
     first = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(first) == 1 and any(first[0].glob("*.wandb"))  # a real offline run, syncable with `wandb sync`
     run_id = first[0].name.rsplit("-", 1)[-1]
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["wandb_run_id"] == run_id
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)["wandb_run_id"] == run_id
     assert (run_dir / "metrics.csv").is_file()  # CSV beside wandb, for `resnet-lit report`
     main(fit_args(run_dir, cache_dir, "--config", "configs/logger/wandb.yaml", "--ckpt_path", "last", steps=5))
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))  # one folder per start (same second: shared)
@@ -262,7 +268,7 @@ def test_resnet20_overfits_256_real_images(cache_dir, tmp_path):
 
 def test_a_gpu_recipe_on_a_cpu_says_what_to_add(cache_dir, tmp_path, capsys, monkeypatch):
     """The README's first command on a machine without a GPU: it runs, and says how to run faster."""
-    monkeypatch.setattr("resnet_lit.cli._cpu_has_bf16", lambda: False)  # as on a CPU without bf16 instructions
+    monkeypatch.setattr("resnet_lit.runs.cli._cpu_has_bf16", lambda: False)  # as on a CPU without bf16 instructions
     no_steps = ["--data.subset", "64", "--data.cache_dir", str(cache_dir), "--trainer.max_steps", "0",
                 "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     main(["fit", "--config", "configs/cifar10/resnet20.yaml", "--trainer.accelerator", "cpu", *no_steps,
@@ -270,7 +276,8 @@ def test_a_gpu_recipe_on_a_cpu_says_what_to_add(cache_dir, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "note: training on the CPU" in err and "compiled" in err and "bf16-mixed" in err
     assert "--config configs/trainer/cpu.yaml" in err
-    main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, *no_steps, "--run_dir", str(tmp_path / "cpu_overlay")])
+    main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, *no_steps, "--run_dir",
+          str(tmp_path / "cpu_overlay")])
     assert "note: training on the CPU" not in capsys.readouterr().err
 
 

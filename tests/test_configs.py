@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet_lit.cli import main
+from resnet_lit.runs.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
@@ -81,7 +81,9 @@ def test_imagenet_recipes_hold_the_paper_values(name, capsys):
     assert printed["model"]["arch"] == (name if name.startswith("plain") else f"resnet{name[1:]}")
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202", "plain20", "plain32", "plain44", "plain56"])
+@pytest.mark.parametrize("name",
+                         ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202", "plain20",
+                          "plain32", "plain44", "plain56"])
 def test_cifar_recipes_hold_the_paper_values(name, capsys):
     printed = print_config(capsys, f"configs/cifar10/{name}.yaml")
     optimizer, schedule = printed["model"]["optimizer"], printed["model"]["schedule"]
@@ -96,7 +98,8 @@ def test_cifar_recipes_hold_the_paper_values(name, capsys):
 
 
 def test_overlays_compose_in_order(capsys):
-    printed = print_config(capsys, "configs/cifar10/resnet56.yaml", "configs/trainer/cpu.yaml", "configs/schedule/cosine.yaml",
+    printed = print_config(capsys, "configs/cifar10/resnet56.yaml", "configs/trainer/cpu.yaml",
+                           "configs/schedule/cosine.yaml",
                            extra=("--model.width", "2"))
     assert printed["trainer"]["precision"] in ("32", 32)
     assert printed["model"]["compile"] is False

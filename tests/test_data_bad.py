@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_lit.commands.imagenet_val import main as imagenet_val
 from resnet_lit.data import BadImageError, CIFARDataModule, ImageNetDataModule
-from resnet_lit.data.imagenet_val import main as imagenet_val
 
 
 @pytest.fixture(scope="session")
@@ -202,7 +202,8 @@ def test_imagenet_val_sorter(tmp_path, woof_jpegs, capsys) -> None:
     synsets.write_text("n01440764\nn01443537\nn01484850\n")
     assert imagenet_val([str(val), "--devkit", str(data.parent), "--synsets", str(synsets)]) == 0
     assert sorted(p.name for p in val.iterdir()) == ["n01440764", "n01443537", "n01484850"]
-    assert sorted(p.name for p in (val / "n01443537").iterdir()) == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000003.JPEG"]
+    assert sorted(p.name for p in (val / "n01443537").iterdir()) == ["ILSVRC2012_val_00000001.JPEG",
+                                                                     "ILSVRC2012_val_00000003.JPEG"]
     assert "moved 4 images into 3 class folders" in capsys.readouterr().out
     # Kaggle's LOC_val_solution.csv, linked into another folder
     flat = tmp_path / "flat"
@@ -212,3 +213,24 @@ def test_imagenet_val_sorter(tmp_path, woof_jpegs, capsys) -> None:
     csv.write_text("ImageId,PredictionString\nILSVRC2012_val_00000007,n09999999 1 2 3 4\n")
     assert imagenet_val([str(flat), "--labels", str(csv), "--out", str(tmp_path / "sorted"), "--mode", "symlink"]) == 0
     assert (tmp_path / "sorted" / "n09999999" / "ILSVRC2012_val_00000007.JPEG").is_symlink()
+
+
+def test_skipped_images_are_summed_over_ranks() -> None:
+    """Under DDP each rank meets its own bad files: data/skipped_images logs the sum over ranks (two
+    ranks that skipped one image each: 2), not rank 0's count alone. The trainer is a stand-in whose
+    reduce sums two equal ranks; the hook is what Lightning calls with each training batch."""
+    from types import SimpleNamespace
+
+    logged = []
+    dm = ImageNetDataModule("unused", on_bad_image="skip")
+    dm.trainer = SimpleNamespace(
+        world_size=2, training=True, global_step=7,
+        logger=SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step))),
+        strategy=SimpleNamespace(root_device=torch.device("cpu"), reduce=lambda t, reduce_op: t * 2),
+        _logger_connector=SimpleNamespace(should_update_logs=True),
+    )
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    out = dm.on_before_batch_transfer((x, torch.tensor([0, 1]), torch.tensor([1, 0])), 0)
+    assert out[0] is x and out[1].tolist() == [0, 1]
+    assert dm.num_skipped == 1  # this rank's own
+    assert logged == [({"data/skipped_images": 2.0}, 7)]

@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from resnet_lit.data import CIFARDataModule, ShardSampler, shard_indices
-from resnet_lit.data import cifar_io
+from resnet_lit.data import CIFARDataModule, ShardSampler, cifar_io, shard_indices
 from resnet_lit.data.transforms import cifar_augment, normalize
 
 CIFAR10_ORDER = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -61,7 +60,8 @@ def test_holdout_split_is_stratified_and_seeded(cifar_holdout: CIFARDataModule, 
     assert len(head(cifar_holdout.val_set.x) & head(cifar_holdout.train_set.x)) < 5
     other = CIFARDataModule(str(cifar_root), val_split="holdout", seed=1, cache_dir=str(cifar_cache))
     other.setup("fit")
-    assert not torch.equal(other.val_set.y, cifar_holdout.val_set.y) or not torch.equal(other.val_set.x, cifar_holdout.val_set.x)
+    same_y = torch.equal(other.val_set.y, cifar_holdout.val_set.y)
+    assert not same_y or not torch.equal(other.val_set.x, cifar_holdout.val_set.x)
 
 
 def test_second_start_reads_the_cache(cifar_holdout, cifar_root, cifar_cache, monkeypatch) -> None:
@@ -87,7 +87,8 @@ def _write_cifar10_pickles(root: Path, per_batch: int = 20) -> tuple[np.ndarray,
         x = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         y = [int(v) for v in rng.integers(0, 10, size=per_batch)]
         with open(d / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": y, "data": x, "filenames": [f"{i}.png" for i in range(per_batch)]}, f, protocol=2)
+            pickle.dump({"batch_label": name, "labels": y, "data": x,
+                         "filenames": [f"{i}.png" for i in range(per_batch)]}, f, protocol=2)
         if name != "test_batch":
             all_x.append(x)
             all_y += y
@@ -228,7 +229,9 @@ def test_fit_with_lightning_trainer(cifar_root, cifar_cache) -> None:
 
         def validation_step(self, batch, i):
             x, y = batch
-            assert torch.equal(x, normalize(self.trainer.datamodule.val_set.x[self.val_seen : self.val_seen + len(x)], self.trainer.datamodule.mean))
+            assert torch.equal(x,
+                               normalize(self.trainer.datamodule.val_set.x[self.val_seen : self.val_seen + len(x)],
+                                         self.trainer.datamodule.mean))
             self.val_seen += len(x)
             self.val_sizes.append(len(x))
 
@@ -256,8 +259,10 @@ def test_sharding_world_size_two() -> None:
         assert len(r0) == len(r1) == 500  # equal step counts on both ranks
         assert not set(r0.tolist()) & set(r1.tolist())
         assert len(set(r0.tolist()) | set(r1.tolist())) == 1000  # covers all but the one left over
-    assert not torch.equal(shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=0), shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=1))
-    assert torch.equal(shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=1), shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=1))
+    assert not torch.equal(shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=0),
+                           shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=1))
+    assert torch.equal(shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=1),
+                       shard_indices(n, 0, 2, shuffle=True, seed=3, epoch=1))
     # evaluation: every sample exactly once, no padding duplicates
     e0 = shard_indices(n, 0, 2, shuffle=False, even=False)
     e1 = shard_indices(n, 1, 2, shuffle=False, even=False)
@@ -321,7 +326,8 @@ def test_augmentation_and_data_on_cuda(cifar_root, cifar_cache) -> None:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     for on_device in (False, True):
-        dm = CIFARDataModule(str(cifar_root), batch_size=64, subset=256, cache_dir=str(cifar_cache), data_on_device=on_device)
+        dm = CIFARDataModule(str(cifar_root), batch_size=64, subset=256, cache_dir=str(cifar_cache),
+                             data_on_device=on_device)
         probe = Probe()
         L.Trainer(max_epochs=1, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1).fit(probe, datamodule=dm)
@@ -331,3 +337,38 @@ def test_augmentation_and_data_on_cuda(cifar_root, cifar_cache) -> None:
     out = dm.transform_batch(x8, train=True)
     dy, dx, fl = _recover_views(normalize(x8, dm.mean).cpu(), out.cpu())
     assert bool((dy >= 0).all()) and 0.4 < fl.float().mean() < 0.6
+
+
+def test_download_under_ddp_fetches_once_per_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With download: true every process of a node reads `classes` (the CLI links it to the model)
+    before Lightning's prepare_data: one downloads, the others wait for it and read the class names
+    from the files, loading no data."""
+    import threading
+    import time
+
+    from resnet_lit.data import cifar as cifar_module
+
+    downloads: list[int] = []
+
+    def fake_download(root, dataset: str) -> None:  # torchvision's CIFAR download, offline and slow
+        downloads.append(threading.get_ident())
+        time.sleep(0.5)
+        _write_cifar10_pickles(Path(root))
+
+    monkeypatch.setattr(cifar_io, "download_cifar", fake_download)
+    monkeypatch.setattr(cifar_module, "download_cifar", fake_download, raising=False)  # where 0.1.0 called it
+    ranks = [CIFARDataModule(str(tmp_path / "cifar"), download=True,
+                             cache_dir=str(tmp_path / "cache")) for _ in range(2)]
+    names: list[list[str]] = [[], []]
+
+    def link(rank: int) -> None:
+        names[rank] = ranks[rank].classes
+
+    threads = [threading.Thread(target=link, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(downloads) == 1
+    assert names == [CIFAR10_ORDER, CIFAR10_ORDER]
+    assert all(dm._data is None for dm in ranks)  # the data is read in prepare_data / setup, not by the link

@@ -11,9 +11,14 @@ import torch
 from PIL import Image
 
 from resnet_lit.data import ImageNetDataModule
-from resnet_lit.data import imagefolder
+from resnet_lit.data import folder as image_folder
 from resnet_lit.data.transforms import (
-    MULTI_SCALE_SIZES, CenterCrop, ModernTrainTransform, PaperTrainTransform, TenCrop, pca_lighting,
+    MULTI_SCALE_SIZES,
+    CenterCrop,
+    ModernTrainTransform,
+    PaperTrainTransform,
+    TenCrop,
+    pca_lighting,
 )
 
 WNIDS = ["n02086240", "n02087394", "n02088364", "n02089973", "n02093754",
@@ -60,7 +65,7 @@ def test_archives_are_extracted_once(woof: ImageNetDataModule, imagewoof_root, w
     def no_extract(*a, **k):
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(imagefolder, "extract_archive", no_extract)
+    monkeypatch.setattr(image_folder, "extract_archive", no_extract)
     dm = make_dm(imagewoof_root, woof_cache)
     dm.setup("fit")
     assert len(dm.train_set) == 800
@@ -147,7 +152,7 @@ def test_pca_lighting_shifts_each_image_by_one_colour() -> None:
 
 
 def _tiny_classifier() -> L.LightningModule:
-    from resnet_lit.module import ImageClassifier
+    from resnet_lit.training.classifier import ImageClassifier
 
     return ImageClassifier(arch="resnet18", num_classes=10, width=0.25)
 
@@ -194,3 +199,10 @@ def test_predict_yields_images_and_paths(imagewoof_root, woof_cache, woof) -> No
     assert out[0]["paths"] == paths and out[0]["probs"].shape == (3, 10)
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
         make_dm(imagewoof_root, woof_cache, predict_path=[str(folder / "nope.jpg")]).setup("predict")
+
+
+def test_test_batch_size_is_the_old_name_of_eval_batch_size() -> None:
+    with pytest.warns(FutureWarning, match="test_batch_size is deprecated"):
+        dm = ImageNetDataModule("unused", batch_size=8, test_batch_size=4)
+    assert dm.eval_batch_size == 4 and dm.hparams.eval_batch_size == 4 and dm.hparams.test_batch_size is None
+    assert ImageNetDataModule("unused", batch_size=8).eval_batch_size == 8

@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fit_helpers import RECIPE, run_fit, small_fit_args
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_process_ddp_on_cpu(repo_root: Path, cifar_root: Path, tmp_path: Path) -> None:
     run_dir, ranks = tmp_path / "run", tmp_path / "ranks"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "LOCAL_RANK", "NODE_RANK"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(repo_root / "tests"), env.get("PYTHONPATH", "")]))
-    cmd = [
-        str(Path(sys.executable).parent / "resnet-lit"), "fit",
-        "--config", "configs/cifar10/resnet20.yaml", "--config", "configs/trainer/cpu.yaml",
-        "--config", "configs/trainer/ddp_cpu.yaml",
-        "--data.root", str(cifar_root), "--data.subset", "256", "--data.batch_size", "32",
-        "--model.width", "0.25", "--trainer.max_steps", "8", "--run_dir", str(run_dir),
-        "--trainer.callbacks+=" + json.dumps({"class_path": "scale_helpers.RecordRanks", "init_args": {"folder": str(ranks)}}),
-    ]
-    res = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    record_ranks = {"class_path": "scale_helpers.RecordRanks", "init_args": {"folder": str(ranks)}}
+    args = small_fit_args(run_dir, root=cifar_root, subset=256, steps=8, width=0.25,
+                          configs=(*RECIPE, "configs/trainer/ddp_cpu.yaml"),
+                          extra=["--trainer.callbacks+=" + json.dumps(record_ranks)])
+    res = run_fit(repo_root, args)
     assert res.returncode == 0, res.stderr[-4000:]
     assert sorted(p.read_text().split()[:3] for p in ranks.glob("rank*.txt")) == [
         ["RANK=0", "NODE_RANK=0", "WORLD_SIZE=2"], ["RANK=1", "NODE_RANK=0", "WORLD_SIZE=2"],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:

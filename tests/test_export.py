@@ -12,11 +12,11 @@ import torch
 import torchvision
 from weights_helpers import real_batch, with_trained_bn
 
-from resnet_lit.checkpoints import load_weights
-from resnet_lit.cli import main as cli_main
-from resnet_lit.export import export_onnx, export_safetensors, main
+from resnet_lit.checkpointing.weights import load_weights
+from resnet_lit.commands.export import export_onnx, export_safetensors, main
 from resnet_lit.models import create_model
-from resnet_lit.module import ImageClassifier
+from resnet_lit.runs.cli import main as cli_main
+from resnet_lit.training.classifier import ImageClassifier
 
 CLASSES = [f"class_{i}" for i in range(10)]
 
@@ -31,7 +31,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, images: torch.Tensor) -> tuple
     """A resnet-lit Lightning checkpoint of a resnet18 (10 classes, non-default BN statistics) and its net."""
     module = ImageClassifier(arch="resnet18", num_classes=10, class_names=CLASSES)
     with_trained_bn(module.model, images)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.strategy.connect(module)
     path = tmp_path_factory.mktemp("run") / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -43,7 +44,8 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x)
 
 
-def test_cli_dispatch_and_onnx_matches_pytorch_on_real_images(run, images: torch.Tensor, tmp_path: Path, capsys) -> None:
+def test_cli_dispatch_and_onnx_matches_pytorch_on_real_images(run, images: torch.Tensor, tmp_path: Path,
+                                                              capsys) -> None:
     import onnxruntime as ort
 
     ckpt, model = run
@@ -127,7 +129,8 @@ def test_file_without_architecture_needs_arch(tmp_path: Path, images: torch.Tens
     tv = with_trained_bn(torchvision.models.resnet18(weights=None, num_classes=7), images)
     torch.save(tv.state_dict(), src := tmp_path / "tv18.pth")
     assert main([str(src), "--format", "safetensors"]) == 2
-    assert "records no architecture (no resnet-lit arch_spec); pass --arch. It looks like: resnet18" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "records no architecture (no resnet-lit arch_spec); pass --arch. It looks like: resnet18" in err
     assert main([str(src), "--format", "safetensors", "--arch", "resnet18"]) == 0
     model = create_model("resnet18", num_classes=7)
     load_weights(model, tmp_path / "tv18.safetensors")

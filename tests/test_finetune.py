@@ -11,9 +11,9 @@ from torch import nn
 from weights_helpers import extract_folder, real_batch
 
 from resnet_lit.data import ImageNetDataModule
-from resnet_lit.finetune import FrozenBatchNorm2d, apply_freeze, param_groups
 from resnet_lit.models import create_model
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.training.finetune import FrozenBatchNorm2d, apply_freeze, param_groups
 
 
 def _bn_training(model: nn.Module, prefix: str) -> set[bool]:
@@ -42,14 +42,17 @@ def test_freeze_choices_and_errors() -> None:
     backbone = create_model("resnet20")
     apply_freeze(backbone, "backbone")
     assert [n for n, p in backbone.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
-    with pytest.raises(ValueError, match=r"freeze='stage4' is not valid for this 3-stage net; use one of none, stem, stage1, stage2, stage3, backbone"):
+    with pytest.raises(ValueError,
+                       match=r"freeze='stage4' is not valid for this 3-stage net; "
+                             r"use one of none, stem, stage1, stage2, stage3, backbone"):
         apply_freeze(model, "stage4")
 
 
 def test_param_groups_lrs_decay_and_frozen() -> None:
     model = create_model("resnet20")
     apply_freeze(model, "stage1")
-    groups = {g["name"]: g for g in param_groups(model, lr=0.1, backbone_lr_scale=0.1, weight_decay=1e-4, no_decay_bn_bias=True)}
+    groups = {g["name"]: g for g in param_groups(model, lr=0.1, backbone_lr_scale=0.1, weight_decay=1e-4,
+                                                 no_decay_bn_bias=True)}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert groups["head"]["lr"] == 0.1 and groups["backbone"]["lr"] == pytest.approx(0.01)
     assert groups["backbone"]["weight_decay"] == 1e-4 and groups["backbone_no_decay"]["weight_decay"] == 0.0
@@ -103,7 +106,8 @@ def test_finetune_10_to_5_classes_with_frozen_backbone(imagewoof_root: Path, tmp
     source.model.train()
     with torch.no_grad():  # non-default BN statistics, so a reset would show
         source.model(real_batch(imagewoof_root, n=4, size=64))
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.strategy.connect(source)
     trainer.save_checkpoint(ckpt := tmp_path / "ten.ckpt")
     src = _snapshot(source.model)
@@ -117,7 +121,8 @@ def test_finetune_10_to_5_classes_with_frozen_backbone(imagewoof_root: Path, tmp
     start = _AtTrainStart()
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=2, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[start],
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[start],
     )
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == 2
@@ -136,8 +141,8 @@ def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp
     classes) into a 10-class net, stem and stage 1 frozen, a real step on real photographs."""
     import torchvision
 
-    from resnet_lit.checkpoints import load_state_dict_file
-    from resnet_lit.cli import main
+    from resnet_lit.checkpointing.weights import load_state_dict_file
+    from resnet_lit.runs.cli import main
 
     tv = torchvision.models.resnet18(weights=None)
     tv.train()
@@ -168,17 +173,21 @@ def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compile + bf16-mixed + channels_last)")
-@pytest.mark.parametrize(("freeze", "frozen"), [("backbone", ("conv1.", "bn1.", "layer")), ("stage2", ("conv1.", "bn1.", "layer1.", "layer2."))])
-def test_frozen_bn_with_compile_bf16_on_gpu(freeze: str, frozen: tuple[str, ...], imagewoof_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("freeze", "frozen"),
+                         [("backbone", ("conv1.", "bn1.", "layer")),
+                          ("stage2", ("conv1.", "bn1.", "layer1.", "layer2."))])
+def test_frozen_bn_with_compile_bf16_on_gpu(freeze: str, frozen: tuple[str, ...], imagewoof_root: Path,
+                                            tmp_path: Path) -> None:
     """The GPU recipe (compiled backbone, bf16-mixed, channels_last): frozen parts bit-identical after
     steps and validation, the rest trained, and the checkpoint exports."""
-    from resnet_lit.export import main as export_main
+    from resnet_lit.commands.export import main as export_main
 
     source = ImageClassifier(arch="resnet18", num_classes=10)
     source.model.train()
     with torch.no_grad():
         source.model(real_batch(imagewoof_root, n=4, size=64))
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.strategy.connect(source)
     trainer.save_checkpoint(ckpt := tmp_path / "src.ckpt")
     src = _snapshot(source.model)
@@ -186,10 +195,12 @@ def test_frozen_bn_with_compile_bf16_on_gpu(freeze: str, frozen: tuple[str, ...]
     extract_folder(imagewoof_root, root / "train", per_class=4, split="train")
     extract_folder(imagewoof_root, root / "val", per_class=2, split="val")
     data = ImageNetDataModule(str(root), batch_size=8, num_workers=2, augmentation="modern")
-    model = ImageClassifier(arch="resnet18", num_classes=10, init_weights=str(ckpt), freeze=freeze, compile=True, channels_last=True)
+    model = ImageClassifier(arch="resnet18", num_classes=10, init_weights=str(ckpt), freeze=freeze, compile=True,
+                            channels_last=True)
     trainer = pl.Trainer(
         accelerator="gpu", devices=1, precision="bf16-mixed", max_epochs=2, limit_train_batches=3, limit_val_batches=1,
-        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path / "run"),
+        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(tmp_path / "run"),
     )
     trainer.fit(model, datamodule=data)
     end = {k: v.detach().cpu() for k, v in model.model.state_dict().items()}
@@ -205,7 +216,10 @@ def test_init_weights_mismatch_names_the_file(tmp_path: Path) -> None:
 
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights := tmp_path / "r18.pth")
     model = ImageClassifier(arch="resnet34", num_classes=10, init_weights=str(weights))
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     model.trainer = trainer  # what Trainer.fit does before calling on_fit_start
-    with pytest.raises(ValueError, match=rf"weights in {weights} do not fit the model resnet34:(.|\n)*The file looks like: resnet18"):
+    with pytest.raises(ValueError,
+                       match=rf"weights in {weights} do not fit the model resnet34:(.|\n)*"
+                             r"The file looks like: resnet18"):
         model.on_fit_start()

@@ -156,7 +156,8 @@ def test_option_b_projects_only_where_shape_changes_and_c_everywhere() -> None:
     assert [n for n, m in b50.named_modules() if isinstance(m, BLOCKS) and m.downsample is not None] == [
         f"layer{i}.0" for i in range(1, 5)
     ]
-    assert count_params(b20) == count_params(create_model("resnet20")) + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)  # two 1x1 convs + BN
+    # two 1x1 convs + BN
+    assert count_params(b20) == count_params(create_model("resnet20")) + (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
 
 
 # --- plain vs residual ------------------------------------------------------------------
@@ -268,9 +269,11 @@ def test_he_init_and_bn_init() -> None:
     model = create_model("resnet50")
     w = model.layer4[0].conv2.weight  # 512 x 512 x 3 x 3: fan_out = 512 * 9
     assert abs(w.std().item() / (2 / (512 * 9)) ** 0.5 - 1) < 0.02
-    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
     zero = create_model("resnet50", zero_init_residual=True)
-    assert all(torch.count_nonzero(b.bn3.weight) == 0 and torch.count_nonzero(b.bn1.weight) > 0 for b in blocks_of(zero))
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 and torch.count_nonzero(b.bn1.weight) > 0
+               for b in blocks_of(zero))
 
 
 def test_arch_spec_is_plain_data_and_rebuilds_the_model() -> None:
@@ -286,7 +289,8 @@ def test_arch_spec_is_plain_data_and_rebuilds_the_model() -> None:
 # --- memory format and compile ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "kwargs", "size"), [("resnet20", {}, 32), ("resnet50", {"width": 0.25, "shortcut": "A"}, 64)])
+@pytest.mark.parametrize(("name", "kwargs", "size"),
+                         [("resnet20", {}, 32), ("resnet50", {"width": 0.25, "shortcut": "A"}, 64)])
 def test_channels_last_gives_the_same_output(name: str, kwargs: dict, size: int) -> None:
     torch.manual_seed(0)
     model = create_model(name, **kwargs).eval()

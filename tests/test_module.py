@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.module import ImageClassifier
+from resnet_lit.training.classifier import ImageClassifier
 
 
 @pytest.mark.parametrize("num_classes", [10, 3])
@@ -19,11 +19,11 @@ def test_train_hit_counters_equal_torchmetrics(num_classes: int) -> None:
     g = torch.Generator().manual_seed(0)
     for batch in (32, 32, 7):  # a short last batch too
         logits, y = torch.randn(batch, num_classes, generator=g), torch.randint(0, num_classes, (batch,), generator=g)
-        module._count_train_hits(logits, y)
+        module.train_accuracy.update(logits, y)
         ref1.update(logits, y)
         ref5.update(logits, y)
-    hits1, hits5 = module._train_hits.tolist()
-    assert module._train_seen == 71
+    hits1, hits5 = module.train_accuracy.hits.tolist()
+    assert module.train_accuracy.seen == 71
     assert hits1 / 71 == pytest.approx(ref1.compute().item(), abs=1e-6)
     assert hits5 / 71 == pytest.approx(ref5.compute().item(), abs=1e-6)
     if num_classes <= 5:
@@ -37,14 +37,14 @@ def test_counts_go_into_a_checkpoint_only_mid_epoch() -> None:
     module.on_save_checkpoint(ckpt)
     assert "train_counts" not in ckpt["resnet_lit"]  # nothing counted: an epoch end
     logits = -torch.arange(10.0).repeat(4, 1)  # class 0 first, 1 second, ..., 9 last
-    module._count_train_hits(logits, torch.tensor([0, 3, 4, 9]))  # top-1, top-5, top-5, neither
+    module.train_accuracy.update(logits, torch.tensor([0, 3, 4, 9]))  # top-1, top-5, top-5, neither
     module.on_save_checkpoint(ckpt)
     assert ckpt["resnet_lit"]["train_counts"] == {"epoch": 0, "hits1": 1, "hits5": 3, "seen": 4}
     fresh = ImageClassifier(arch="resnet20", num_classes=10, width=0.25)
     fresh.on_load_checkpoint(ckpt)
-    assert fresh._train_hits.tolist() == [1, 3] and fresh._train_seen == 4
-    fresh._count_train_hits(logits[:1], torch.tensor([0]))  # counting goes on from there
-    assert fresh._train_hits.tolist() == [2, 4] and fresh._train_seen == 5
+    assert fresh.train_accuracy.hits.tolist() == [1, 3] and fresh.train_accuracy.seen == 4
+    fresh.train_accuracy.update(logits[:1], torch.tensor([0]))  # counting goes on from there
+    assert fresh.train_accuracy.hits.tolist() == [2, 4] and fresh.train_accuracy.seen == 5
 
 
 GRAPHS: list[list[tuple[int, ...]]] = []

@@ -11,9 +11,9 @@ import pytest
 import torch
 from weights_helpers import extract_folder, read_imagewoof
 
-from resnet_lit.cli import main
-from resnet_lit.module import ImageClassifier
-from resnet_lit.predict import PredictionWriter, class_names_for
+from resnet_lit.runs.cli import main
+from resnet_lit.runs.predict import PredictionWriter, class_names_for
+from resnet_lit.training.classifier import ImageClassifier
 
 
 def _photos(imagewoof_root: Path, folder: Path, n: int) -> Path:
@@ -27,7 +27,8 @@ def _photos(imagewoof_root: Path, folder: Path, n: int) -> Path:
 def _untrained_checkpoint(classes: list[str], path: Path) -> Path:
     """A resnet-lit checkpoint of a 10-class ResNet-18 that records its class names."""
     module = ImageClassifier(arch="resnet18", num_classes=10, class_names=classes)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
@@ -43,7 +44,8 @@ def test_predict_cli_writes_top5_csv(imagewoof_root: Path, tmp_path: Path, repo_
 
     out = tmp_path / "preds.csv"
     main([
-        "predict", "--config", str(repo_root / "configs/r18.yaml"), "--config", str(repo_root / "configs/trainer/cpu.yaml"),
+        "predict", "--config", str(repo_root / "configs/r18.yaml"), "--config",
+        str(repo_root / "configs/trainer/cpu.yaml"),
         "--ckpt_path", str(ckpt), "--data.root", str(root), "--data.predict_path", str(images),
         "--data.batch_size", "3", "--data.num_workers", "0", "--run_dir", str(tmp_path / "run"),
         "--predictions.output", str(out),
@@ -108,7 +110,8 @@ def test_writer_rejects_wrong_outputs(tmp_path: Path) -> None:
         PredictionWriter(top_k=0)
 
 
-def test_predict_needs_no_training_data_and_names_a_bad_image(imagewoof_root: Path, tmp_path: Path, repo_root: Path, capsys) -> None:
+def test_predict_needs_no_training_data_and_names_a_bad_image(imagewoof_root: Path, tmp_path: Path, repo_root: Path,
+                                                              capsys) -> None:
     """The class names come from the checkpoint, so predicting on another machine needs only the
     checkpoint and the photos; a broken photo stops the run with one message and no CSV that looks complete."""
     classes = [f"breed_{i}" for i in range(10)]
@@ -116,9 +119,12 @@ def test_predict_needs_no_training_data_and_names_a_bad_image(imagewoof_root: Pa
     ckpt = _untrained_checkpoint(classes, tmp_path / "model.ckpt")
     out = tmp_path / "preds.csv"
     argv = [
-        "predict", "--config", str(repo_root / "configs/r18.yaml"), "--config", str(repo_root / "configs/trainer/cpu.yaml"),
-        "--ckpt_path", str(ckpt), "--data.root", str(tmp_path / "no_training_data_here"), "--data.predict_path", str(images),
-        "--data.batch_size", "2", "--data.num_workers", "0", "--run_dir", str(tmp_path / "run"), "--predictions.output", str(out),
+        "predict", "--config", str(repo_root / "configs/r18.yaml"), "--config",
+        str(repo_root / "configs/trainer/cpu.yaml"),
+        "--ckpt_path", str(ckpt), "--data.root", str(tmp_path / "no_training_data_here"), "--data.predict_path",
+        str(images),
+        "--data.batch_size", "2", "--data.num_workers", "0", "--run_dir", str(tmp_path / "run"),
+        "--predictions.output", str(out),
     ]  # fmt: skip
     main(argv)
     with out.open() as f:
@@ -131,5 +137,6 @@ def test_predict_needs_no_training_data_and_names_a_bad_image(imagewoof_root: Pa
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "bad image file" in err and "photo_9.jpg" in err and "--data.on_bad_image skip" in err and "Traceback" not in err
+    assert "bad image file" in err and "photo_9.jpg" in err
+    assert "--data.on_bad_image skip" in err and "Traceback" not in err
     assert not out.exists() and out.with_name("preds.csv.partial").exists()

@@ -32,7 +32,8 @@ def write_run(folder: Path, arch: str, train: list[float] | None, val: list[floa
     (folder / "config.yaml").write_text(
         f"model:\n  arch: {arch}\n  shortcut: null\ntrainer:\n  max_steps: {max_steps}\n  max_epochs: -1\n"
     )
-    keys = ["epoch", "lr", "step", "train/loss", "val/error", "val/loss"] + (["train/error"] if train is not None else [])
+    keys = ["epoch", "lr", "step", "train/loss", "val/error",
+            "val/loss"] + (["train/error"] if train is not None else [])
     rows = []
     for epoch in range(len(val)):
         for step in range(epoch * STEPS_PER_EPOCH, (epoch + 1) * STEPS_PER_EPOCH, 10):
@@ -74,7 +75,8 @@ def test_report_writes_figure6_and_table_with_the_logged_numbers(tmp_path: Path,
     runs = []
     for name, (arch, final_train, final_val) in FINALS.items():
         train, val = _curves(final_train, final_val, epochs=6)
-        write_run(tmp_path / "runs" / name, arch, train, val, max_steps=6 * STEPS_PER_EPOCH, version_dir=name == "resnet56")
+        write_run(tmp_path / "runs" / name, arch, train, val, max_steps=6 * STEPS_PER_EPOCH,
+                  version_dir=name == "resnet56")
         runs.append(str(tmp_path / "runs" / name))
     out = tmp_path / "report"
 
@@ -159,10 +161,13 @@ def test_bad_input_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_runs_of_different_lengths_are_compared_at_a_common_iteration(tmp_path: Path) -> None:
     # resnet20 finished 4 epochs; plain56 was cut after 2 (a time limit): compare at iteration 100
-    write_run(tmp_path / "resnet20", "resnet20", [70.0, 50.0, 40.0, 30.0], [72.0, 55.0, 45.0, 35.0], max_steps=4 * STEPS_PER_EPOCH)
+    write_run(tmp_path / "resnet20", "resnet20", [70.0, 50.0, 40.0, 30.0], [72.0, 55.0, 45.0, 35.0],
+              max_steps=4 * STEPS_PER_EPOCH)
     write_run(tmp_path / "plain56", "plain56", [85.0, 80.0], [88.0, 84.0], max_steps=4 * STEPS_PER_EPOCH)
     table = report.error_table(report.load_runs([tmp_path / "resnet20", tmp_path / "plain56"]))
-    assert "Training error % at iteration 100, the last one every cifar10 run reached: plain56 80.00, resnet20 50.00." in table
+    expected = ("Training error % at iteration 100, the last one every cifar10 run reached: "
+                "plain56 80.00, resnet20 50.00.")
+    assert expected in table
     rows = _table_rows(table)
     assert rows["plain56"][3].startswith("no") and rows["resnet20"][3] == "yes"
 
@@ -171,7 +176,9 @@ def test_a_test_of_the_run_is_merged_into_its_row(tmp_path: Path) -> None:
     # `resnet-lit test` logs into <run_dir>/test/metrics.csv: its test/error belongs to the run's row
     write_run(tmp_path / "runs" / "resnet20", "resnet20", [20.0, 10.0], [22.0, 12.0], max_steps=2 * STEPS_PER_EPOCH)
     (tmp_path / "runs" / "resnet20" / "test").mkdir()
-    (tmp_path / "runs" / "resnet20" / "test" / "metrics.csv").write_text("epoch,step,test/acc1,test/error\n0,0,0.9125,8.75\n")
+    (tmp_path / "runs" / "resnet20" / "test" / "metrics.csv").write_text(
+        "epoch,step,test/acc1,test/error\n0,0,0.9125,8.75\n"
+    )
     runs = report.load_runs([tmp_path / "runs"])
     assert [r.name for r in runs] == ["resnet20"]
     assert runs[0].column(report.TEST_ERROR) == [(0, 8.75)]

@@ -14,9 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from fit_helpers import run_fit, small_fit_args
 
-from resnet_lit.checkpoint_io import TMP_PREFIX, AtomicCheckpointIO, atomic_torch_save
-from resnet_lit.resume import find_resume_checkpoint, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.checkpointing.atomic_write import (
+    TMP_PREFIX,
+    AtomicCheckpointIO,
+    atomic_torch_save,
+)
+from resnet_lit.checkpointing.resume import (
+    find_resume_checkpoint,
+    hpc_checkpoints,
+    resolve_ckpt_path,
+)
 
 
 # ------------------------------------------------------------------ which checkpoint to resume
@@ -78,7 +87,7 @@ def test_failed_write_leaves_old_checkpoint(tmp_path: Path, monkeypatch: pytest.
 
 _WRITER = """
 import sys, torch
-from resnet_lit.checkpoint_io import atomic_torch_save
+from resnet_lit.checkpointing.atomic_write import atomic_torch_save
 path = sys.argv[1]
 big = torch.ones(48 * 2**20 // 4)  # 48 MB, so a write takes a while
 for step in range(2, 10**6):
@@ -119,21 +128,15 @@ def test_sigkill_during_write_never_corrupts(tmp_path: Path) -> None:
 STEPS = 8
 
 
-def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str, steps: int = STEPS) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(repo_root / "tests"), env.get("PYTHONPATH", "")]))
-    cmd = [
-        str(Path(sys.executable).parent / "resnet-lit"), "fit",
-        "--config", "configs/cifar10/resnet20.yaml", "--config", "configs/trainer/cpu.yaml",
-        "--data.root", str(cifar_root), "--data.subset", "128", "--data.batch_size", "32",
-        "--model.width", "0.25", "--trainer.max_steps", str(steps), "--trainer.deterministic", "true",
-        "--trainer.log_every_n_steps", "1", "--run_dir", str(run_dir),
+def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str,
+         steps: int = STEPS) -> subprocess.CompletedProcess:
+    args = small_fit_args(run_dir, root=cifar_root, subset=128, steps=steps, width=0.25, extra=[
+        "--trainer.deterministic", "true",
         # Lightning 2.6 refreshes last.ckpt only when a monitored checkpoint is saved at that step;
         # without a monitor every epoch's checkpoint (and so last.ckpt) is written.
         "--checkpoint.monitor", "null", *extra,
-    ]
-    done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    return done
+    ])
+    return run_fit(repo_root, args)
 
 
 def _kill_at(step: int) -> str:
@@ -240,3 +243,21 @@ def test_run_stopped_by_max_steps_mid_epoch_resumes_there(repo_root: Path, cifar
     # Not exact: the first run ended epoch 1 after 2 batches and logged its training error then;
     # the resumed run logs epoch 1 again when it really ends (docs/slurm.md, resume).
     assert [e for e, _ in _epoch_rows(run, "train/error")] == [0, 1, 1]
+
+
+# ------------------------------------------------------------- a checkpoint written by resnet-lit 0.1.0
+@pytest.mark.slow
+def test_a_0_1_0_checkpoint_resumes_bit_identically(repo_root: Path, cifar_root: Path, tmp_path: Path,
+                                                     reference_run: Path) -> None:
+    """fixtures/checkpoint_0.1.0/step02.ckpt was written mid-epoch by the code before the modules moved
+    (test_compat.py says how): resumed by today's code it ends where an uninterrupted run does."""
+    old = Path(__file__).parent / "fixtures" / "checkpoint_0.1.0" / "step02.ckpt"
+    run = tmp_path / "run"
+    resumed = _fit(repo_root, cifar_root, run, "--ckpt_path", str(old))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dataloader is not resumable" not in resumed.stderr
+    _assert_same_training(reference_run, run)
+    assert _losses(run) == _losses(reference_run)[2:]  # steps 2..7, on the same batches and crops
+    # Epoch 0's training error covers all its batches: the old checkpoint carried its first two.
+    assert _epoch_rows(run, "train/error") == _epoch_rows(reference_run, "train/error")
+    assert _epoch_rows(run, "val/error") == _epoch_rows(reference_run, "val/error")

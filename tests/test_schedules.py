@@ -9,22 +9,23 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from resnet_lit.module import ImageClassifier
-from resnet_lit.schedules import ScheduleConfig, global_batch_size, lr_factor, scaled_lr
+from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.training.schedules import ScheduleConfig, global_batch_size, lr_factor, scaled_lr
 
 
 def _recipe(repo_root: Path, name: str) -> dict:
     return yaml.safe_load((repo_root / "configs" / name).read_text())
 
 
-def _optimizer_and_lambda(recipe: dict, *, per_device: int, devices: int = 1, nodes: int = 1, accumulate: int = 1, steps_per_epoch: int = 390):
+def _optimizer_and_lambda(recipe: dict, *, per_device: int, devices: int = 1, nodes: int = 1, accumulate: int = 1,
+                          steps_per_epoch: int = 390):
     model_cfg = dict(recipe["model"])
     model_cfg.update(compile=False, channels_last=False)
     module = ImageClassifier(**model_cfg, num_classes=10)
     max_epochs = recipe["trainer"].get("max_epochs", -1)
     module._trainer = SimpleNamespace(  # only what configure_optimizers reads
         datamodule=SimpleNamespace(batch_size=per_device), num_devices=devices, num_nodes=nodes,
-        accumulate_grad_batches=accumulate, max_epochs=max_epochs,
+        accumulate_grad_batches=accumulate, max_epochs=max_epochs, num_training_batches=steps_per_epoch * accumulate,
         estimated_stepping_batches=steps_per_epoch * max(max_epochs, 1),
     )
     config = module.configure_optimizers()
@@ -57,7 +58,8 @@ def test_resnet110_warms_up_at_001_for_400_iterations(repo_root):
 
 def test_imagenet_divides_at_epochs_30_and_60(repo_root):
     steps_per_epoch = 5005  # 1,281,167 images / 256
-    base, factor = _optimizer_and_lambda(_recipe(repo_root, "r50.yaml"), per_device=256, steps_per_epoch=steps_per_epoch)
+    base, factor = _optimizer_and_lambda(_recipe(repo_root, "r50.yaml"), per_device=256,
+                                         steps_per_epoch=steps_per_epoch)
     assert base == pytest.approx(0.1)
     assert base * factor(30 * steps_per_epoch - 1) == pytest.approx(0.1)
     assert base * factor(30 * steps_per_epoch) == pytest.approx(0.01)
@@ -91,7 +93,8 @@ def test_plateau_schedule_uses_reduce_on_plateau_on_val_error(repo_root):
     recipe = _recipe(repo_root, "r50.yaml")
     recipe["model"]["schedule"].update(_recipe(repo_root, "schedule/plateau.yaml")["model"]["schedule"])
     module = ImageClassifier(**{**recipe["model"], "compile": False}, num_classes=10)
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=256), num_devices=1, num_nodes=1, accumulate_grad_batches=1, max_epochs=90)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=256), num_devices=1, num_nodes=1,
+                                      accumulate_grad_batches=1, max_epochs=90)
     config = module.configure_optimizers()
     scheduler = config["lr_scheduler"]
     assert type(scheduler["scheduler"]).__name__ == "ReduceLROnPlateau"
@@ -105,6 +108,31 @@ def test_bad_schedule_values_are_named():
     with pytest.raises(ValueError, match="gamma"):
         ScheduleConfig(gamma=2.0)
     module = ImageClassifier(arch="resnet20", num_classes=10, optimizer={"name": "Sgd"})
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=128), num_devices=1, num_nodes=1, accumulate_grad_batches=1, max_epochs=1, estimated_stepping_batches=10)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=128), num_devices=1, num_nodes=1,
+                                      accumulate_grad_batches=1, max_epochs=1, estimated_stepping_batches=10)
     with pytest.raises(ValueError, match=r"'Sgd' is not a torch.optim optimiser; valid: .*SGD"):
         module.configure_optimizers()
+
+
+@pytest.mark.parametrize("accumulate, per_epoch", [(1, 6), (4, 2)])
+def test_epoch_milestones_follow_the_loader_when_max_steps_ends_the_run_first(
+    cifar_root, tmp_path, accumulate, per_epoch
+):
+    """`configs/r50.yaml --trainer.max_steps 1000` must still divide at epochs 30 and 60: steps per
+    epoch come from the training loader (192 images / 32 = 6 batches, stepped every `accumulate`),
+    not from Lightning's estimate of all steps, which max_steps caps (here at 1)."""
+    import lightning.pytorch as pl
+
+    from resnet_lit.data import CIFARDataModule
+
+    module = ImageClassifier(arch="resnet20", num_classes=10, width=0.25,
+                             schedule={"milestones": [3, 6], "unit": "epoch"})
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=10, max_steps=1, accumulate_grad_batches=accumulate,
+                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, CIFARDataModule(str(cifar_root), batch_size=32, subset=192))
+    factor = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert factor(3 * per_epoch - 1) == 1.0
+    assert factor(3 * per_epoch) == pytest.approx(0.1)
+    assert factor(6 * per_epoch - 1) == pytest.approx(0.1)
+    assert factor(6 * per_epoch) == pytest.approx(0.01)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,9 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from slurm_cluster import SlurmCluster, _free_ports, ensure_slurm_installed, slurm_unavailable_reason, start_cluster  # noqa: E402
+from fit_helpers import small_fit_args
+from slurm_cluster import (
+    SlurmCluster,
+    _free_ports,
+    ensure_slurm_installed,
+    slurm_unavailable_reason,
+    start_cluster,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -52,13 +56,9 @@ def _submit(cluster: SlurmCluster, repo_root: Path, cifar_root: Path, work: Path
         WANDB_SILENT="true",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
     )
-    fit_args = [
-        "--data.root", str(cifar_root), "--data.subset", "256", "--data.batch_size", "32",
-        "--model.width", "0.25", "--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1",
-        "--trainer.deterministic", "true", "--run_dir", str(run_dir),
-        *[f"--trainer.callbacks+={json.dumps(cb)}" for cb in callbacks],
-        *extra_fit,
-    ]
+    fit_args = small_fit_args(run_dir, root=cifar_root, subset=256, steps=STEPS, width=0.25, configs=(), extra=[
+        "--trainer.deterministic", "true", *[f"--trainer.callbacks+={json.dumps(cb)}" for cb in callbacks], *extra_fit,
+    ])
     cmd = [
         "sbatch", "--parsable", "--job-name=rl-test", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
         "--gpus-per-node=0", "--time=10", f"--output={work}/%x-%j.out", f"--chdir={repo_root}",

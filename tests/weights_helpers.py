@@ -14,7 +14,8 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)  # ImageNet RGB means
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
-def read_imagewoof(imagewoof_root: Path, per_class: int, classes: int = 10, split: str = "val") -> list[tuple[str, str, bytes]]:
+def read_imagewoof(imagewoof_root: Path, per_class: int, classes: int = 10,
+                   split: str = "val") -> list[tuple[str, str, bytes]]:
     """(class, member name, JPEG bytes) of the first `per_class` images of the first `classes` classes."""
     taken: dict[str, int] = {}
     out = []

@@ -1,4 +1,4 @@
-from resnet_lit.cli import main
+from resnet_lit.runs.cli import main
 
 if __name__ == "__main__":
     main()

@@ -10,15 +10,14 @@ the whole batch there (``transforms.normalize_padded`` and ``crop_and_flip``).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cifar_io import detect_source, download_cifar, load_cifar
-from .sharding import ResumableLoader, ShardSampler
+from .base import ImageDataModule
+from .cifar_io import class_names, ensure_downloaded, load_cifar
+from .sharding import ResumableLoader
 from .transforms import crop_and_flip, normalize, normalize_padded
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def pixel_mean(x: torch.Tensor, chunk: int = 5000) -> torch.Tensor:
     return (total / (255.0 * len(x))).to(torch.float32)
 
 
-class CIFARDataModule(L.LightningDataModule):
+class CIFARDataModule(ImageDataModule):
     def __init__(
         self,
         root: str,
@@ -112,49 +111,42 @@ class CIFARDataModule(L.LightningDataModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.root = root
-        self.batch_size = batch_size
         if eval_batch_size is not None and eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1 (or null for batch_size), got {eval_batch_size}")
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.val_split = val_split
-        self.holdout_size = holdout_size
-        self.subset = subset
-        self.seed = seed
-        self.num_workers = num_workers
-        self.pad = pad
-        self.dataset = dataset
-        self.download = download
-        self.cache_dir = cache_dir
-        self.on_bad_image = on_bad_image
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.data_on_device = data_on_device
         if data_on_device and num_workers > 0:
             raise ValueError("data_on_device=True gathers batches on the accelerator: it needs num_workers=0")
         self._data: dict | None = None
+        self._classes: list[str] | None = None
         self.mean: torch.Tensor | None = None  # per-pixel mean [3, 32, 32], 0..1 scale
-        self._mean_on: dict[torch.device, torch.Tensor] = {}
         self._padded: torch.Tensor | None = None  # the last training batch, normalised and zero-padded
         self.train_set = self.val_set = self.test_set = None
-        self.num_skipped = 0
 
     # ------------------------------------------------------------------ data
     def _load(self) -> dict:
         if self._data is None:
-            if self.download:
-                try:
-                    detect_source(Path(self.root).expanduser())
-                except FileNotFoundError:
-                    download_cifar(self.root, self.dataset)
-            self._data = load_cifar(self.root, cache_dir=self.cache_dir, on_bad_image=self.on_bad_image)
+            hp = self.hparams
+            if hp.download:
+                ensure_downloaded(hp.root, hp.dataset)  # once per node: the other processes wait, then read
+            self._data = load_cifar(hp.root, cache_dir=hp.cache_dir, on_bad_image=hp.on_bad_image)
             self.num_skipped = int(self._data.get("skipped", 0))
             if self.num_skipped:
-                log.warning("CIFAR: skipped %d unreadable images in %s (on_bad_image='skip')", self.num_skipped, self.root)
+                log.warning("CIFAR: skipped %d unreadable images in %s (on_bad_image='skip')", self.num_skipped,
+                            hp.root)
         return self._data
 
     @property
     def classes(self) -> list[str]:
-        return list(self._load()["classes"])
+        """Class names in label order. The CLI links them to the model in every process, before
+        prepare_data: torchvision's pickles (what ``download`` fetches, once per node) give them
+        without loading the data; other forms decode (once, cached), checking every image."""
+        if self._data is not None:
+            return list(self._data["classes"])
+        if self._classes is None:
+            if self.hparams.download:
+                ensure_downloaded(self.hparams.root, self.hparams.dataset)
+            names = class_names(self.hparams.root)
+            self._classes = names if names is not None else list(self._load()["classes"])
+        return list(self._classes)
 
     @property
     def num_classes(self) -> int:
@@ -166,22 +158,23 @@ class CIFARDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        hp = self.hparams
         d = self._load()
         train_x, train_y, test_x, test_y = d["train_x"], d["train_y"], d["test_x"], d["test_y"]
-        if self.val_split == "holdout":
-            per_class = self.holdout_size // self.num_classes
-            order = stratified_order(train_y, self.seed)
+        if hp.val_split == "holdout":
+            per_class = hp.holdout_size // self.num_classes
+            order = stratified_order(train_y, hp.seed)
             val_idx = order[: per_class * self.num_classes]
             train_idx = order[per_class * self.num_classes :]
             val_x, val_y = train_x[val_idx], train_y[val_idx]
             train_x, train_y = train_x[train_idx], train_y[train_idx]
         else:
             val_x, val_y = test_x, test_y
-        if self.subset is not None:
-            keep = stratified_order(train_y, self.seed)[: self.subset]
+        if hp.subset is not None:
+            keep = stratified_order(train_y, hp.seed)[: hp.subset]
             train_x, train_y = train_x[keep], train_y[keep]
-            val_keep = stratified_order(val_y, self.seed)[: self.subset]
-            test_keep = stratified_order(test_y, self.seed)[: self.subset]
+            val_keep = stratified_order(val_y, hp.seed)[: hp.subset]
+            test_keep = stratified_order(test_y, hp.seed)[: hp.subset]
             val_x, val_y, test_x, test_y = val_x[val_keep], val_y[val_keep], test_x[test_keep], test_y[test_keep]
         self.mean = pixel_mean(train_x)
         self.train_set = TensorBatches(train_x, train_y)
@@ -189,36 +182,25 @@ class CIFARDataModule(L.LightningDataModule):
         self.test_set = TensorBatches(test_x, test_y)
 
     # ------------------------------------------------------------------ loaders
-    def _rank_world(self) -> tuple[int, int]:
-        t = self.trainer
-        if t is None:  # used without a Trainer (benchmarks, notebooks)
-            return 0, 1
-        return t.global_rank, t.world_size
-
     def _device(self) -> torch.device | None:
         t = self.trainer
-        if not self.data_on_device or t is None:
+        if not self.hparams.data_on_device or t is None:
             return None
         device = t.strategy.root_device
         return device if device.type != "cpu" else None
 
     def _loader(self, ds: TensorBatches, train: bool) -> DataLoader:
-        rank, world = self._rank_world()
         device = self._device()
         if device is not None and ds.x.device != device:
             ds.x, ds.y = ds.x.to(device), ds.y.to(device)  # once: later loaders find it there
-        sampler = ShardSampler(
-            len(ds), rank=rank, world_size=world, shuffle=train, seed=self.seed,
-            batch_size=self.batch_size if train else self.eval_batch_size, drop_last=train,
-        )
+        sampler = self._shard(len(ds), train=train, batch_size=self.batch_size if train else self.eval_batch_size)
         # Training: a loader that checkpoints its position in the epoch (exact mid-epoch resume).
         # Its own generator: a DataLoader draws a worker base seed at every iter(); from the global
         # torch RNG (the one the augmentation draws from) that would shift a resumed run's crops.
         loader = ResumableLoader if train else DataLoader
         return loader(
-            ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
-            pin_memory=self.pin_memory and device is None, persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
+            ds, sampler=sampler, batch_size=None, **self._worker_args(self.pin_memory and device is None),
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -231,25 +213,15 @@ class CIFARDataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     # ------------------------------------------------------------------ on the device
-    def _mean_for(self, device: torch.device) -> torch.Tensor:
-        if device not in self._mean_on:
-            self._mean_on[device] = self.mean.to(device)
-        return self._mean_on[device]
+    def statistics(self) -> tuple[torch.Tensor, None]:
+        return self.mean, None
 
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 [B, 3, 32, 32] on any device -> float32, mean-subtracted; augmented when ``train``."""
-        mean = self._mean_for(x.device)
+        mean, _ = self.statistics_on(x.device)
         if not train:
             return normalize(x, mean)
         # The same values as cifar_augment(normalize(x, mean)), with the padded batch's buffer
         # kept from one step to the next (its zero border is never written).
-        self._padded = normalize_padded(x, mean, self.pad, out=self._padded)
-        return crop_and_flip(self._padded, self.pad)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
-        if x.dtype != torch.uint8:  # already processed (e.g. a user's own float loader)
-            return batch
-        trainer = getattr(self, "trainer", None)
-        train = trainer is not None and trainer.training
-        return self.transform_batch(x, train), y
+        self._padded = normalize_padded(x, mean, self.hparams.pad, out=self._padded)
+        return crop_and_flip(self._padded, self.hparams.pad)

@@ -120,7 +120,8 @@ def _read_pickles(kind: str, files: list[Path]) -> dict:
         train, test = [_unpickle(train_file)], [_unpickle(test_file)]
     train_x, train_y = arrays(train, key)
     test_x, test_y = arrays(test, key)
-    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": classes, "skipped": 0}
+    return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "classes": classes,
+            "skipped": 0}
 
 
 def _decode_all(items, on_bad_image: str) -> tuple[list[torch.Tensor], list[str], int]:
@@ -186,6 +187,32 @@ def load_cifar(root: str | os.PathLike, *, cache_dir: str | None = None, on_bad_
     data = _read_images(kind, files, on_bad_image)
     save_tensors(data, path)
     return data
+
+
+def class_names(root: str | os.PathLike) -> list[str] | None:
+    """The class names in label order from torchvision's pickles' meta file, without reading the images;
+    None for archives and folders (their names come with the decoded data, which checks them)."""
+    kind, files = detect_source(Path(root).expanduser())
+    if kind == "pickle10":
+        return [str(c) for c in _unpickle(files[-1])["label_names"]]
+    if kind == "pickle100":
+        return [str(c) for c in _unpickle(files[-1])["fine_label_names"]]
+    return None
+
+
+def ensure_downloaded(root: str | os.PathLike, dataset: str) -> None:
+    """Download ``dataset`` into ``root`` unless data is there, once however many processes ask: they
+    take turns on a lock file in ``root``, and the ones after the first find the data."""
+    import fcntl
+
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".resnet_lit-download.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            detect_source(root)
+        except FileNotFoundError:
+            download_cifar(root, dataset)
 
 
 def download_cifar(root: str | os.PathLike, dataset: str) -> None:

@@ -13,23 +13,36 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from .folder import check_same_classes, require_path, scan_image_folder
-from .imagefolder import ImageFiles, default_num_workers, list_predict_files, resolve_split, scan_files
-from .sharding import ShardSampler
+from .base import ImageDataModule
+from .decode import BadImageError
+from .folder import (
+    ImageFiles,
+    check_same_classes,
+    list_predict_files,
+    require_path,
+    resolve_split,
+    scan_files,
+    scan_image_folder,
+)
 from .transforms import (
-    IMAGENET_MEAN, IMAGENET_STD, CenterCrop, ModernTrainTransform, MultiScale, PaperTrainTransform, TenCrop,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CenterCrop,
+    ModernTrainTransform,
+    MultiScale,
+    PaperTrainTransform,
+    TenCrop,
     pca_lighting,
 )
-from .decode import BadImageError
 
 log = logging.getLogger(__name__)
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(ImageDataModule):
     def __init__(
         self,
         root: str,
@@ -38,7 +51,7 @@ class ImageNetDataModule(L.LightningDataModule):
         lighting: float = 0.1,
         normalization: Literal["mean_std", "mean"] = "mean_std",
         test_mode: Literal["center", "ten_crop", "multi_scale"] = "center",
-        test_batch_size: int | None = None,
+        eval_batch_size: int | None = None,
         train_dir: str = "train",
         val_dir: str = "val",
         test_dir: str | None = None,
@@ -50,6 +63,7 @@ class ImageNetDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         pin_memory: bool | None = None,
         classes: list[str] | None = None,
+        test_batch_size: int | None = None,
     ) -> None:
         """ImageNet, or any folder of images sorted into one sub-folder per class.
 
@@ -65,8 +79,8 @@ class ImageNetDataModule(L.LightningDataModule):
             test_mode: "center" (shorter side 256, centre 224), "ten_crop" (4 corners + centre and
                 their mirror images, [B, 10, 3, 224, 224]) or "multi_scale" (square views with
                 shorter side 224, 256, 384, 480, 640: a list of five batches). Validation is always "center".
-            test_batch_size: images per test batch (default ``batch_size``; lower it for ten_crop /
-                multi_scale, which hold 10x / about 15x the pixels).
+            eval_batch_size: images per validation, test and predict batch (default ``batch_size``;
+                lower it for ten_crop / multi_scale, which hold 10x / about 15x the pixels).
             train_dir, val_dir: split folder (or archive) names under ``root``.
             test_dir: split used by ``test`` (default: ``val_dir``).
             predict_path: image file, folder of images or list of them for ``predict``; batches are
@@ -82,67 +96,64 @@ class ImageNetDataModule(L.LightningDataModule):
             classes: the class names in label order, instead of reading them from the split folders
                 (which must then name the same classes). ``resnet-lit predict`` fills it from the
                 checkpoint, so predicting needs no training data on the machine.
+            test_batch_size: the old name of ``eval_batch_size``, accepted for one release (deprecated).
         """
         super().__init__()
         self.save_hyperparameters()
-        self.root = root
-        self.batch_size = batch_size
-        self.augmentation = augmentation
-        self.lighting = lighting
-        self.normalization = normalization
-        self.test_mode = test_mode
-        self.test_batch_size = test_batch_size or batch_size
-        self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir or val_dir
-        self.predict_path = predict_path
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.seed = seed
-        self.on_bad_image = on_bad_image
-        self.scan = scan
-        self.cache_dir = cache_dir
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        if test_batch_size is not None:
+            rank_zero_warn("ImageNetDataModule: test_batch_size is deprecated and will be removed after 0.2; "
+                           "use eval_batch_size (it sets validation, test and predict batches)", category=FutureWarning)
+            self.hparams.eval_batch_size = eval_batch_size or test_batch_size
+            self.hparams.test_batch_size = None
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalization == "mean_std" else None
         self._classes: list[str] | None = list(classes) if classes is not None else None
-        self._classes_given = classes is not None
         self._splits: dict[str, list[tuple[str, int]]] = {}
         self._scan_done: set[str] = set()
-        self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.num_skipped = 0  # bad images met so far (skip mode), summed over workers
 
     # ------------------------------------------------------------------ files
-    def _split_dir(self, split: str) -> Path | None:
-        root = require_path(Path(self.root).expanduser(), "ImageNet root", "Point root at the folder holding train/ and val/.")
-        return resolve_split(root, split, self.cache_dir)
+    def _split_name(self, split: str) -> str:
+        """The folder (or archive) name of ``train``, ``val`` or ``test`` under ``root``."""
+        hp = self.hparams
+        return {"train": hp.train_dir, "val": hp.val_dir, "test": hp.test_dir or hp.val_dir}[split]
 
-    def _samples(self, split: str) -> list[tuple[str, int]]:
-        if split not in self._splits:
-            d = self._split_dir(split)
+    def _split_dir(self, name: str) -> Path | None:
+        root = require_path(Path(self.hparams.root).expanduser(), "ImageNet root",
+                            "Point root at the folder holding train/ and val/.")
+        return resolve_split(root, name, self.hparams.cache_dir)
+
+    def _samples(self, name: str) -> list[tuple[str, int]]:
+        root = self.hparams.root
+        if name not in self._splits:
+            d = self._split_dir(name)
             if d is None:
                 raise FileNotFoundError(
-                    f"no '{split}' split under {self.root}: expected {self.root}/{split}/<class>/<images> "
-                    f"or {self.root}/{split}.tar.gz"
+                    f"no '{name}' split under {root}: expected {root}/{name}/<class>/<images> or {root}/{name}.tar.gz"
                 )
-            classes, samples = scan_image_folder(d, on_bad_image=self.on_bad_image)
-            where = "the given classes" if self._classes_given else f"{self.root}/{self._first_split()}"
-            check_same_classes(self.classes, classes, where, f"{self.root}/{split}")
-            self._splits[split] = samples
-        return self._splits[split]
+            classes, samples = scan_image_folder(d, on_bad_image=self.hparams.on_bad_image)
+            where = "the given classes" if self.hparams.classes is not None else f"{root}/{self._first_split()}"
+            check_same_classes(self.classes, classes, where, f"{root}/{name}")
+            self._splits[name] = samples
+        return self._splits[name]
 
     def _first_split(self) -> str:
-        for split in (self.train_dir, self.val_dir, self.test_dir):
-            if self._split_dir(split) is not None:
-                return split
+        for name in map(self._split_name, ("train", "val", "test")):
+            if self._split_dir(name) is not None:
+                return name
+        root, train, val = self.hparams.root, self.hparams.train_dir, self.hparams.val_dir
         raise FileNotFoundError(
-            f"no image folders under {self.root}: expected {self.root}/{self.train_dir}/<class>/<images> and "
-            f"{self.root}/{self.val_dir}/<class>/<images> (or {self.train_dir}.tar.gz / {self.val_dir}.tar.gz). "
+            f"no image folders under {root}: expected {root}/{train}/<class>/<images> and "
+            f"{root}/{val}/<class>/<images> (or {train}.tar.gz / {val}.tar.gz). "
             "ILSVRC-2012's flat validation folder is sorted into class folders by `resnet-lit imagenet-val`."
         )
 
     @property
     def classes(self) -> list[str]:
-        """Class names: the training split's folder names, sorted (the validation split's if there is no training split)."""
+        """Class names: the training split's folder names, sorted (the validation split's if there is no
+        training split)."""
         if self._classes is None:
-            self._classes = scan_image_folder(self._split_dir(self._first_split()), on_bad_image=self.on_bad_image)[0]
+            split = self._split_dir(self._first_split())
+            self._classes = scan_image_folder(split, on_bad_image=self.hparams.on_bad_image)[0]
         return self._classes
 
     @property
@@ -150,98 +161,67 @@ class ImageNetDataModule(L.LightningDataModule):
         return len(self.classes)
 
     def _scanned(self, split: str) -> list[tuple[str, int]]:
-        samples = self._samples(split)
-        if not self.scan or split in self._scan_done:
+        name = self._split_name(split)
+        samples = self._samples(name)
+        if not self.hparams.scan or name in self._scan_done:
             return samples
         bad = scan_files([p for p, _ in samples], self.num_workers)
-        if bad and self.on_bad_image != "skip":
-            raise BadImageError(
-                f"{len(bad)} unreadable image(s) in {self.root}/{split}; the first: {bad[0][1]}"
-            )
+        if bad and self.hparams.on_bad_image != "skip":
+            raise BadImageError(f"{len(bad)} unreadable image(s) in {self.hparams.root}/{name}; the first: {bad[0][1]}")
         if bad:
-            log.warning("scan: dropping %d unreadable image(s) from %s/%s (on_bad_image='skip')", len(bad), self.root, split)
+            log.warning("scan: dropping %d unreadable image(s) from %s/%s (on_bad_image='skip')",
+                        len(bad), self.hparams.root, name)
             self.num_skipped += len(bad)
             drop = {i for i, _ in bad}
             samples = [s for i, s in enumerate(samples) if i not in drop]
-        self._splits[split] = samples
-        self._scan_done.add(split)  # setup() runs again for test/predict: scan each split once
+        self._splits[name] = samples
+        self._scan_done.add(name)  # setup() runs again for test/predict: scan each split once
         return samples
 
     def setup(self, stage: str | None = None) -> None:
-        train_tf = PaperTrainTransform() if self.augmentation == "paper" else ModernTrainTransform()
-        test_tf = {"center": CenterCrop(), "ten_crop": TenCrop(), "multi_scale": MultiScale()}[self.test_mode]
+        hp = self.hparams
+        train_tf = PaperTrainTransform() if hp.augmentation == "paper" else ModernTrainTransform()
+        test_tf = {"center": CenterCrop(), "ten_crop": TenCrop(), "multi_scale": MultiScale()}[hp.test_mode]
         if stage in ("fit", None):
-            self.train_set = ImageFiles(self._scanned(self.train_dir), train_tf, self.on_bad_image)
+            self.train_set = ImageFiles(self._scanned("train"), train_tf, hp.on_bad_image)
         if stage in ("fit", "validate", None):
-            self.val_set = ImageFiles(self._scanned(self.val_dir), CenterCrop(), self.on_bad_image)
+            self.val_set = ImageFiles(self._scanned("val"), CenterCrop(), hp.on_bad_image)
         if stage in ("test", None):
-            self.test_set = ImageFiles(self._scanned(self.test_dir), test_tf, self.on_bad_image)
-        if stage in ("predict", None) and self.predict_path is not None:
-            self.predict_set = ImageFiles(list_predict_files(self.predict_path), CenterCrop(), self.on_bad_image)
+            self.test_set = ImageFiles(self._scanned("test"), test_tf, hp.on_bad_image)
+        if stage in ("predict", None) and hp.predict_path is not None:
+            self.predict_set = ImageFiles(list_predict_files(hp.predict_path), CenterCrop(), hp.on_bad_image)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: ImageFiles, batch_size: int, train: bool) -> DataLoader:
-        t = self.trainer
-        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
-        sampler = ShardSampler(len(ds), rank=rank, world_size=world, shuffle=train, seed=self.seed)
-        return DataLoader(
-            ds, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-        )
+        sampler = self._shard(len(ds), train=train)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
+                          **self._worker_args(self.pin_memory))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.batch_size, train=False)
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.test_batch_size, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        if self.predict_path is None:
+        if self.hparams.predict_path is None:
             raise ValueError("predict needs predict_path: an image file, a folder of images or a list of them")
         # A plain sequential loader: Lightning shards it across ranks itself when predicting.
-        return DataLoader(self.predict_set, batch_size=self.test_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory)
+        return DataLoader(self.predict_set, batch_size=self.eval_batch_size, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory)
 
     # ------------------------------------------------------------------ on the device
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.mean, self.std
+
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 [..., 3, H, W] on any device -> float32: PCA colour noise (``train``), then normalisation."""
-        if x.device not in self._stats_on:  # copy the statistics to each device once, not every step
-            self._stats_on[x.device] = (self.mean.to(x.device), None if self.std is None else self.std.to(x.device))
-        mean, std = self._stats_on[x.device]
+        mean, std = self.statistics_on(x.device)
         out = x.to(torch.float32).div_(255)
-        if train and self.lighting > 0:
-            out = pca_lighting(out, std=self.lighting)
+        if train and self.hparams.lighting > 0:
+            out = pca_lighting(out, std=self.hparams.lighting)
         out = out.sub_(mean)
         return out.div_(std) if std is not None else out
-
-    def _count_skipped(self, bad: torch.Tensor) -> None:
-        n = int(bad.sum())
-        if n == 0:
-            return
-        self.num_skipped += n
-        log.warning("skipped %d unreadable image(s) in this batch (%d so far; on_bad_image='skip')", n, self.num_skipped)
-        t = self.trainer
-        if t is not None and t.logger is not None:
-            t.logger.log_metrics({"data/skipped_images": float(self.num_skipped)}, step=t.global_step)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        # Count skipped images while the counts are still on the host (no device sync per step).
-        if isinstance(batch, (list, tuple)) and len(batch) == 3:
-            x, target, bad = batch
-            self._count_skipped(bad)
-            if isinstance(target, tuple):  # predict: default_collate gives the paths as a tuple
-                target = list(target)
-            return x, target
-        return batch
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, target = batch
-        t = self.trainer
-        train = t is not None and t.training
-        if isinstance(x, (list, tuple)):
-            x = [self.transform_batch(v, train=False) for v in x]
-        else:
-            x = self.transform_batch(x, train)
-        return x, target

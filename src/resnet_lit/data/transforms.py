@@ -3,7 +3,8 @@
 Two kinds, split by where they run:
 
 * batch functions on tensors, run on the accelerator after the batch is transferred (the
-  DataModules' ``on_after_batch_transfer``): ``normalize``, ``cifar_augment`` (``normalize_padded`` + ``crop_and_flip``), ``pca_lighting``.
+  DataModules' ``on_after_batch_transfer``): ``normalize``, ``cifar_augment`` (``normalize_padded`` +
+  ``crop_and_flip``), ``pca_lighting``.
   Workers then ship uint8 (4x fewer bytes than float) and the GPU does the arithmetic.
 * per-image callables ``(bytes or path, name) -> uint8``, run in DataLoader workers, that decode
   and crop one ImageNet image: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
@@ -23,9 +24,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
-
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
 
 from .decode import BadImageError, bad_image_message, decode_rgb, pil_to_tensor, torchvision_jpeg_available
 
@@ -52,7 +52,8 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None = No
     return out
 
 
-def cifar_augment(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def cifar_augment(x: torch.Tensor, pad: int = 4, flip: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's CIFAR augmentation on a whole batch [B, C, H, W] (any dtype, any device).
 
     Zero-pads ``pad`` pixels on each side, takes a random H x W crop of the padded image and
@@ -63,7 +64,8 @@ def cifar_augment(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: t
     return crop_and_flip(F.pad(x, (pad, pad, pad, pad)), pad, flip=flip, generator=generator)
 
 
-def crop_and_flip(padded: torch.Tensor, pad: int, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def crop_and_flip(padded: torch.Tensor, pad: int, flip: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Random (H - 2 pad) x (W - 2 pad) crops of a padded batch [B, C, H, W], each mirrored with
     probability 1/2: ``cifar_augment`` after its padding."""
     b, c, hp, wp = padded.shape
@@ -141,7 +143,8 @@ def open_lazy(data: bytes, name: str) -> Image.Image:
 
 
 def resize_region(
-    img: Image.Image, name: str, box: tuple[float, float, float, float], size: tuple[int, int], data: bytes | None = None
+    img: Image.Image, name: str, box: tuple[float, float, float, float], size: tuple[int, int],
+    data: bytes | None = None
 ) -> torch.Tensor:
     """Resize the region ``box`` (left, top, right, bottom; full-resolution pixels) of a lazily
     opened image to ``size`` (w, h) -> RGB uint8 [3, h, w].
@@ -155,9 +158,9 @@ def resize_region(
     if data is not None and scale >= 0.5 and img.format == "JPEG" and torchvision_jpeg_available():
         x = decode_rgb(data, name)  # [3, H, W] uint8; BadImageError names the file
         h, w = x.shape[-2:]
-        t, l = min(max(0, round(top)), h - 1), min(max(0, round(left)), w - 1)
-        b, r = max(t + 1, min(h, round(bottom))), max(l + 1, min(w, round(right)))
-        return TF.resize(x[:, t:b, l:r], [size[1], size[0]], antialias=True)
+        t, lf = min(max(0, round(top)), h - 1), min(max(0, round(left)), w - 1)
+        b, r = max(t + 1, min(h, round(bottom))), max(lf + 1, min(w, round(right)))
+        return TF.resize(x[:, t:b, lf:r], [size[1], size[0]], antialias=True)
     try:
         img, kx, ky = _draft(img, scale)
         if img.mode != "RGB":
@@ -216,7 +219,8 @@ class PaperTrainTransform:
 class ModernTrainTransform:
     """RandomResizedCrop (area 8..100 %, aspect 3/4..4/3) to 224 and horizontal flip -> uint8."""
 
-    def __init__(self, size: int = 224, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+    def __init__(self, size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
         self.size, self.scale, self.ratio = size, scale, ratio
 
     def _box(self, w: int, h: int) -> tuple[float, float, float, float]:
@@ -254,7 +258,8 @@ def _center_box(resize: int, crop: int):
 
 
 class CenterCrop:
-    """Evaluation view: shorter side resized to ``resize`` (256), centre ``crop`` x ``crop`` (224) -> uint8 [3, 224, 224]."""
+    """Evaluation view: shorter side resized to ``resize`` (256), centre ``crop`` x ``crop`` (224) ->
+    uint8 [3, 224, 224]."""
 
     def __init__(self, resize: int = 256, crop: int = 224) -> None:
         self.resize, self.crop = resize, crop
@@ -280,7 +285,7 @@ class TenCrop:
         c, (hh, ww) = self.crop, full.shape[-2:]
         tops = (0, 0, hh - c, hh - c, (hh - c) // 2)
         lefts = (0, ww - c, 0, ww - c, (ww - c) // 2)
-        crops = torch.stack([full[:, t : t + c, l : l + c] for t, l in zip(tops, lefts)])
+        crops = torch.stack([full[:, t : t + c, lf : lf + c] for t, lf in zip(tops, lefts)])
         return torch.cat([crops, crops.flip(-1)])
 
 

@@ -1,16 +1,25 @@
-"""Optimiser and learning-rate schedule settings, and the arithmetic behind them.
+"""Optimiser and learning-rate schedule: their settings, the arithmetic behind them, and the
+functions that build them.
 
-Everything here is plain data or a pure function, so a schedule can be checked at any iteration
-without a Trainer (``lr_factor(31_999, ...)``) and a checkpoint carries its recipe as plain values.
+The settings are plain data and the arithmetic pure functions, so a schedule can be checked at any
+iteration without a Trainer (``lr_factor(31_999, ...)``) and a checkpoint carries its recipe as plain
+values. ``build_optimizer`` and ``build_scheduler`` turn them into torch objects for
+``ImageClassifier.configure_optimizers``, from numbers it reads off the Trainer.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["OptimizerConfig", "ScheduleConfig", "global_batch_size", "scaled_lr", "lr_factor"]
+import torch
+
+__all__ = [
+    "OptimizerConfig", "ScheduleConfig", "global_batch_size", "scaled_lr", "steps_per_epoch", "lr_factor",
+    "build_optimizer", "build_scheduler",
+]
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,14 @@ class ScheduleConfig:
         if self.warmup_steps < 0:
             raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
 
+    @property
+    def needs_total_steps(self) -> bool:
+        return self.kind == "cosine"
+
+    @property
+    def needs_steps_per_epoch(self) -> bool:
+        return self.kind == "step" and self.unit == "epoch"
+
 
 def global_batch_size(per_device: int, devices: int = 1, num_nodes: int = 1, accumulate: int = 1) -> int:
     """Images per optimiser step across the whole job."""
@@ -89,7 +106,16 @@ def scaled_lr(lr: float, reference_batch: int, global_batch: int) -> float:
     return lr * global_batch / reference_batch
 
 
-def lr_factor(step: int, schedule: ScheduleConfig, total_steps: int | None = None, steps_per_epoch: int | None = None) -> float:
+def steps_per_epoch(batches_per_epoch: int | float, accumulate: int = 1) -> int:
+    """Optimiser steps in one epoch of ``batches_per_epoch`` training batches: Lightning steps every
+    ``accumulate`` batches and once more at an epoch's end on a partial accumulation."""
+    if batches_per_epoch == float("inf"):
+        raise ValueError("schedule.unit 'epoch' needs a training loader with a length; use schedule.unit 'step'")
+    return max(1, math.ceil(int(batches_per_epoch) / accumulate))
+
+
+def lr_factor(step: int, schedule: ScheduleConfig, total_steps: int | None = None,
+              steps_per_epoch: int | None = None) -> float:
     """Multiplier of the (scaled) base lr after ``step`` optimiser steps.
 
     ``total_steps`` is needed by ``cosine``; ``steps_per_epoch`` by milestones in epochs.
@@ -116,3 +142,49 @@ def _need(value: int | None, name: str) -> int:
     if value is None:
         raise ValueError(f"this schedule needs {name}")
     return value
+
+
+def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    """The ``torch.optim`` class ``cfg.name`` over the parameter ``groups``, at the scaled ``lr``."""
+    cls = getattr(torch.optim, cfg.name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        valid = sorted(
+            n for n, c in vars(torch.optim).items()
+            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+        )
+        raise ValueError(f"optimizer.name {cfg.name!r} is not a torch.optim optimiser; valid: {', '.join(valid)}")
+    accepted = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
+    if "momentum" in accepted:
+        kwargs["momentum"] = cfg.momentum
+    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    if fused and "fused" in accepted:
+        kwargs["fused"] = True
+    kwargs.update(cfg.args)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"optimizer.args {unknown} are not arguments of torch.optim.{cfg.name}; it takes {sorted(accepted)}"
+        )
+    return cls(groups, **kwargs)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: ScheduleConfig,
+    total_steps: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> dict[str, Any]:
+    """What ``configure_optimizers`` returns: the optimiser and its schedule, stepped every optimiser
+    step (``plateau``: every epoch, on ``val/error``)."""
+    if schedule.kind == "plateau":
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=schedule.gamma, patience=schedule.patience
+        )
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": plateau, "monitor": "val/error", "interval": "epoch"}}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, schedule, total_steps, steps_per_epoch)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -6,7 +6,7 @@
     resnet-lit export last.ckpt --format pt2                             # torch.export program
 
 Every exported graph is run once against the PyTorch model and refused if the outputs differ.
-Loading the checkpoint is as safe as `init_weights` (weights_only / safetensors, see checkpoints.py).
+Loading the checkpoint is as safe as `init_weights` (weights_only / safetensors, see checkpointing/weights.py).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet_lit.checkpoints import guess_architecture, load_into, load_state_dict_file
+from resnet_lit.checkpointing.weights import guess_architecture, load_into, load_state_dict_file
 from resnet_lit.models import create_model
 
 log = logging.getLogger("resnet_lit")
 
-FORMATS = {"safetensors": ".safetensors", "torchvision": ".pth", "onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
+FORMATS = {"safetensors": ".safetensors", "torchvision": ".pth", "onnx": ".onnx", "torchscript": ".torchscript.pt",
+           "pt2": ".pt2"}
 TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _SPEC_OPTIONS = ("shortcut", "stride_in_1x1", "zero_init_residual", "width", "in_chans")
 
@@ -38,7 +39,8 @@ class ExportError(ValueError):
     """The model cannot be exported in the requested format (the message says why and what to do)."""
 
 
-def build_from_file(path: str | Path, arch: str | None = None, num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def build_from_file(path: str | Path, arch: str | None = None,
+                    num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model a weights file records (`arch_spec`), its weights loaded strictly; `arch` builds files
     without a record (torchvision / timm / plain state dicts)."""
     state_dict, metadata = load_state_dict_file(path)
@@ -81,9 +83,11 @@ def torchvision_state_dict(model: nn.Module, allow_v1: bool = False) -> dict[str
     name = spec.get("name")
     problems = []
     if name not in TORCHVISION_NAMES:
-        problems.append(f"torchvision has no {name!r} (its ResNets are {', '.join(TORCHVISION_NAMES)}; CIFAR and plain nets have no torchvision model)")
+        problems.append(f"torchvision has no {name!r} (its ResNets are {', '.join(TORCHVISION_NAMES)}; "
+                        "CIFAR and plain nets have no torchvision model)")
     if spec.get("shortcut") != "B":
-        problems.append(f"shortcut {spec.get('shortcut')!r}: torchvision only has option B (projection where the shape changes)")
+        problems.append(f"shortcut {spec.get('shortcut')!r}: "
+                        "torchvision only has option B (projection where the shape changes)")
     if float(spec.get("width", 1.0)) != 1.0:
         problems.append(f"width {spec.get('width')}: torchvision's ResNets have width 1")
     if spec.get("in_chans", 3) != 3:
@@ -96,13 +100,16 @@ def torchvision_state_dict(model: nn.Module, allow_v1: bool = False) -> dict[str
             "only if you will patch torchvision's strides yourself"
         )
     if problems:
-        raise ExportError(f"cannot export {name} as a torchvision state dict: " + "; ".join(problems) + ". Use --format safetensors instead.")
+        raise ExportError(f"cannot export {name} as a torchvision state dict: " + "; ".join(problems)
+                          + ". Use --format safetensors instead.")
     if v1:
-        warnings.warn("exporting v1 (stride_in_1x1) weights: torchvision's resnet computes v1.5 with them", stacklevel=2)
+        warnings.warn("exporting v1 (stride_in_1x1) weights: torchvision's resnet computes v1.5 with them",
+                      stacklevel=2)
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     import torchvision
 
-    reference = getattr(torchvision.models, name)(weights=None, num_classes=spec.get("num_classes") or model.fc.out_features)
+    reference = getattr(torchvision.models, name)(weights=None,
+                                                  num_classes=spec.get("num_classes") or model.fc.out_features)
     reference.load_state_dict(state_dict, strict=True)  # the promise, checked on every export
     return state_dict
 
@@ -113,7 +120,8 @@ def export_torchvision(model: nn.Module, path: str | Path, allow_v1: bool = Fals
 
 
 def _example(model: nn.Module, image_size: int, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, int(model.arch_spec.get("in_chans", 3)), image_size, image_size, generator=torch.Generator().manual_seed(0))
+    return torch.randn(batch, int(model.arch_spec.get("in_chans", 3)), image_size, image_size,
+                       generator=torch.Generator().manual_seed(0))
 
 
 def _max_diff(expected: torch.Tensor, got: Any) -> float:
@@ -123,14 +131,16 @@ def _max_diff(expected: torch.Tensor, got: Any) -> float:
 def _check(name: str, expected: torch.Tensor, got: Any, atol: float) -> float:
     diff = _max_diff(expected, got)
     if not diff <= atol:
-        raise ExportError(f"{name} output differs from PyTorch's by {diff:.3g} (> atol {atol:g}): the export is wrong, not written")
+        raise ExportError(f"{name} output differs from PyTorch's by {diff:.3g} (> atol {atol:g}): "
+                          "the export is wrong, not written")
     return diff
 
 
 def _dynamo_default() -> bool:
     """torch >= 2.9 exports ONNX with torch.export (needs onnxscript); older torch with TorchScript."""
     params = inspect.signature(torch.onnx.export).parameters
-    return "dynamo" in params and params["dynamo"].default is True and importlib.util.find_spec("onnxscript") is not None
+    dynamo_default = "dynamo" in params and params["dynamo"].default is True
+    return dynamo_default and importlib.util.find_spec("onnxscript") is not None
 
 
 def export_onnx(
@@ -209,17 +219,21 @@ def export_program(model: nn.Module, path: str | Path, image_size: int = 224, at
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-lit export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="resnet-lit export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a resnet-lit .ckpt, .safetensors, or a state dict .pt/.pth (then give --arch)")
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--output", "-o", default=None, help="output file (default: beside the checkpoint, format's suffix)")
-    p.add_argument("--arch", default=None, help="model name for files that record no architecture (torchvision/timm state dicts)")
-    p.add_argument("--image-size", type=int, default=224, help="pixels of the example input for onnx/torchscript/pt2 (batch is dynamic)")
+    p.add_argument("--arch", default=None,
+                   help="model name for files that record no architecture (torchvision/timm state dicts)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="pixels of the example input for onnx/torchscript/pt2 (batch is dynamic)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - PyTorch| of the logits")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="auto: torch's default (torch.export-based from torch 2.9, TorchScript-based before)")
-    p.add_argument("--allow-v1", action="store_true", help="torchvision format: export v1 (stride_in_1x1) weights anyway, with a warning")
+    p.add_argument("--allow-v1", action="store_true",
+                   help="torchvision format: export v1 (stride_in_1x1) weights anyway, with a warning")
     return p
 
 
@@ -229,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.checkpoint)
     output = Path(args.output) if args.output else source.with_name(source.stem + FORMATS[args.format])
     if output.resolve() == source.resolve():
-        print(f"resnet-lit export: error: output {output} would overwrite the checkpoint; pass --output", file=sys.stderr)
+        print(f"resnet-lit export: error: output {output} would overwrite the checkpoint; pass --output",
+              file=sys.stderr)
         return 2
     try:
         model, metadata = build_from_file(source, args.arch)
@@ -241,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             export_torchvision(model, output, args.allow_v1)
             detail = f" (loads strictly into torchvision.models.{model.arch_spec['name']})"
         elif args.format == "onnx":
-            diff = export_onnx(model, output, args.image_size, atol=args.atol, opset=args.opset, exporter=args.onnx_exporter)
+            diff = export_onnx(model, output, args.image_size, atol=args.atol, opset=args.opset,
+                               exporter=args.onnx_exporter)
             detail = f" (onnxruntime vs PyTorch: max |diff| {diff:.2g})"
         elif args.format == "torchscript":
             detail = f" (max |diff| {export_torchscript(model, output, args.image_size, args.atol):.2g})"

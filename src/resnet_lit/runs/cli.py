@@ -17,26 +17,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from jsonargparse import ArgumentError
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
-from resnet_lit.callbacks import LastCheckpoint, Throughput, progress_bar
-from resnet_lit.checkpoints import InitWeightsError, safe_torch_load
+from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
+from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, wandb_run_id_of
+from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.checkpointing.weights import InitWeightsError, safe_torch_load
 from resnet_lit.data.decode import BadImageError
-from resnet_lit.module import ImageClassifier
-from resnet_lit.predict import PredictionWriter
-from resnet_lit.checkpoint_io import AtomicCheckpointIO
-from resnet_lit.resume import EpochEndLoopState, RNGState, hpc_checkpoints, resolve_ckpt_path
+from resnet_lit.runs.callbacks import Throughput, progress_bar
+from resnet_lit.runs.predict import PredictionWriter
+from resnet_lit.training.classifier import ImageClassifier
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
-    "export": "resnet_lit.export:main",
-    "report": "resnet_lit.report:main",
-    "imagenet-val": "resnet_lit.data.imagenet_val:main",
+    "export": "resnet_lit.commands.export:main",
+    "report": "resnet_lit.commands.report:main",
+    "imagenet-val": "resnet_lit.commands.imagenet_val:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -47,13 +47,21 @@ class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Directory of this run (config, metrics, checkpoints). Default: runs/<model.arch>.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Forced callbacks (Lightning's documented way): every run has them, config.yaml shows them under
+        # these keys and each is configured there or on the command line (--throughput.every_n_steps 10).
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")  # best-*.ckpt
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # what --ckpt_path last resumes
+        parser.add_lightning_class_args(RNGState, "rng_state")  # a resumed run draws what an uninterrupted one would
+        parser.add_lightning_class_args(EpochEndLoopState, "epoch_end_loop_state")  # exact resume at an epoch end
+        parser.add_lightning_class_args(Throughput, "throughput")  # train/images_per_s
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # predict: a CSV of top-5 classes per image (--predictions.output, default <run_dir>/predictions.csv)
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults({
+            "lr_monitor.logging_interval": "step",
             "checkpoint.monitor": "val/error",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": False,  # last.ckpt has its own callback: see instantiate_trainer
+            "checkpoint.save_last": False,  # last.ckpt has its own callback: last_checkpoint
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{epoch:03d}-{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
@@ -69,13 +77,16 @@ class ResNetCLI(LightningCLI):
         config.trainer.default_root_dir = str(run_dir)
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
         ckpt_path = getattr(config, "ckpt_path", None)
         if self.subcommand == "fit":  # "auto" (requeued SLURM jobs) -> newest hpc/last checkpoint or None
             config.ckpt_path = ckpt_path = resolve_ckpt_path(ckpt_path, run_dir, config.checkpoint.dirpath)
         if ckpt_path == "last":  # Lightning would look in a new version folder; ours is fixed
             last = Path(config.checkpoint.dirpath) / "last.ckpt"
             if not last.is_file():
-                _fail(f"--ckpt_path last: no checkpoint at {last}. Start a new run without --ckpt_path, or name the checkpoint file.")
+                _fail(f"--ckpt_path last: no checkpoint at {last}. "
+                      "Start a new run without --ckpt_path, or name the checkpoint file.")
             config.ckpt_path = ckpt_path = str(last)
         if ckpt_path and not Path(ckpt_path).is_file():
             _fail(f"--ckpt_path {ckpt_path}: no such file.")
@@ -88,7 +99,8 @@ class ResNetCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict") and not ckpt_path and not config.model.init_weights:
             _fail(
                 f"{self.subcommand} needs trained weights, or it would evaluate a randomly initialised network: "
-                f"--ckpt_path PATH (a run's checkpoint; `--ckpt_path last` is {Path(config.checkpoint.dirpath) / 'last.ckpt'}), "
+                "--ckpt_path PATH (a run's checkpoint; "
+                f"`--ckpt_path last` is {Path(config.checkpoint.dirpath) / 'last.ckpt'}), "
                 "or --model.init_weights PATH (torchvision, timm, safetensors or resnet-lit weights)."
             )
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml
@@ -105,12 +117,13 @@ class ResNetCLI(LightningCLI):
             _fail(str(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Two defaults that depend on the rest of the configuration, so not expressible as parser
+        # defaults: the progress bar (a rich bar in a terminal, lines elsewhere) unless
+        # trainer.enable_progress_bar is false, and atomic checkpoint writes unless the configuration
+        # gives its own CheckpointIO plugin.
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        callbacks = list(self.trainer_defaults.get("callbacks", []))
-        if config.trainer.get("enable_progress_bar") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        callbacks.append(LastCheckpoint(config.checkpoint.dirpath))  # what --ckpt_path last resumes
-        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        if config.trainer.get("enable_progress_bar") is not False:
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [progress_bar()]}
         plugins = _as_list(config.trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # a kill mid-write never leaves a corrupt last.ckpt
@@ -123,7 +136,7 @@ class ResNetCLI(LightningCLI):
         # validate / test / predict without --ckpt_path evaluate --model.init_weights (fit reads them
         # in on_fit_start; a checkpoint, when given, is what Lightning restores and evaluates).
         if not getattr(self.config_init[self.subcommand], "ckpt_path", None):
-            self.model._load_init_weights(num_classes_change="error")
+            self.model.load_init_weights(num_classes_change="error")
 
     before_validate = before_test = before_predict = _evaluate_init_weights
 
@@ -165,7 +178,7 @@ def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None, appending: 
     if name == "CSVLogger":
         args.save_dir, args.name, args.version = str(run_dir), "", ""
         if appending:  # Lightning's CSVLogger deletes metrics.csv when a fit resumes
-            logger.class_path = "resnet_lit.csv_logger.ResumableCSVLogger"
+            logger.class_path = "resnet_lit.runs.csv_logger.ResumableCSVLogger"
     elif name == "TensorBoardLogger":
         args.save_dir, args.name, args.version = str(run_dir), "tensorboard", ""
     elif name == "WandbLogger":
@@ -188,8 +201,7 @@ def _classes_from_checkpoint(config: Any, ckpt_path: str) -> None:
 
 
 def _wandb_id_from_checkpoint(path: str) -> str | None:
-    checkpoint = safe_torch_load(path)
-    return checkpoint.get("wandb_run_id")
+    return wandb_run_id_of(safe_torch_load(path))
 
 
 def _refuse_to_overwrite(checkpoint_dir: Path, run_dir: Path) -> None:
@@ -212,11 +224,23 @@ def _run_tool(name: str, argv: list[str]) -> int:
 
 
 def _check_config_files(args: list[str]) -> None:
-    """A missing --config file is the most common mistake: name it in one line."""
+    """A missing --config (-c) file is the most common mistake: name it in one line."""
     for i, arg in enumerate(args):
-        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        flag, path = _config_file(arg, args[i + 1] if i + 1 < len(args) else None)
         if path is not None and not Path(path).is_file():
-            _fail(f"--config {path}: no such file (relative paths are read from {os.getcwd()}).")
+            _fail(f"{flag} {path}: no such file (relative paths are read from {os.getcwd()}).")
+
+
+def _config_file(arg: str, following: str | None) -> tuple[str, str | None]:
+    """The config file an argument names: ``--config F``, ``--config=F``, ``-c F``, ``-c=F`` or ``-cF``."""
+    for flag in ("--config", "-c"):
+        if arg == flag:
+            return flag, following
+        if arg.startswith(flag + "="):
+            return flag, arg[len(flag) + 1 :]
+    if arg.startswith("-c") and not arg.startswith("--"):
+        return "-c", arg[2:]
+    return "", None
 
 
 def main(args: list[str] | None = None) -> None:
@@ -262,10 +286,6 @@ def _cli(args: list[str] | None) -> ResNetCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
-        trainer_defaults={
-            "callbacks": [progress_bar(), Throughput(), LearningRateMonitor(logging_interval="step"), RNGState(),
-                          EpochEndLoopState()],
-        },
         auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
         parser_kwargs={"description": __doc__, "exit_on_error": False},
         args=args,

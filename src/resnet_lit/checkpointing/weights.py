@@ -170,9 +170,8 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        from resnet_lit.data.folder import shown
-
-        raise FileNotFoundError(f"weights file not found: {shown(path)}")
+        shown = path if path.is_absolute() else f"{path} (read as {path.absolute()})"
+        raise FileNotFoundError(f"weights file not found: {shown}")
     if path.suffix == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
         metadata.setdefault("source", "safetensors")
@@ -197,7 +196,8 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     if isinstance(obj, Mapping):
         for key in _NESTED_KEYS:
             if _is_state_dict(obj.get(key)):
-                metadata = {k: _plain(v) for k, v in obj.items() if k not in _NESTED_KEYS and not isinstance(v, torch.Tensor)}
+                metadata = {k: _plain(v) for k,
+                            v in obj.items() if k not in _NESTED_KEYS and not isinstance(v, torch.Tensor)}
                 metadata["source"] = f"state_dict under {key!r}"
                 return clean_state_dict(obj[key]), metadata
     kind = type(obj).__name__
@@ -294,7 +294,9 @@ def _spec_mismatch(recorded: Mapping[str, Any], model_spec: Mapping[str, Any], b
 
 
 def _head_keys(model: nn.Module) -> set[str]:
-    return {f"fc.{name}" for name, _ in model.fc.named_parameters()} if isinstance(getattr(model, "fc", None), nn.Linear) else set()
+    if not isinstance(getattr(model, "fc", None), nn.Linear):
+        return set()
+    return {f"fc.{name}" for name, _ in model.fc.named_parameters()}
 
 
 def load_into(

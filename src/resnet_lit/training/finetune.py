@@ -31,10 +31,13 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
 
 def _frozen_prefixes(model: nn.Module, freeze: str) -> list[str]:
     """Names of the top-level children that `freeze` covers."""
-    stages = list(getattr(model, "stage_names", None) or [n for n, _ in model.named_children() if n.startswith("layer")])
+    stages = list(getattr(model, "stage_names",
+                          None) or [n for n, _ in model.named_children() if n.startswith("layer")])
     valid = ("none", "stem", *(f"stage{i + 1}" for i in range(len(stages))), "backbone")
     if freeze not in valid:
-        raise ValueError(f"freeze={freeze!r} is not valid for this {len(stages)}-stage net; use one of {', '.join(valid)}")
+        raise ValueError(
+            f"freeze={freeze!r} is not valid for this {len(stages)}-stage net; use one of {', '.join(valid)}"
+        )
     if freeze == "none":
         return []
     stem = [n for n, _ in model.named_children() if n not in stages and n != "fc"]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from fsspec.implementations.local import LocalFileSystem
 
 TMP_PREFIX = ".tmp-"  # hidden and not ending in .ckpt, so ModelCheckpoint's globs never match it
 
@@ -61,7 +61,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         trainer:
           plugins:
-            - class_path: resnet_lit.checkpoint_io.AtomicCheckpointIO
+            - class_path: resnet_lit.checkpointing.atomic_write.AtomicCheckpointIO
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:

@@ -9,7 +9,6 @@ so state-dict keys are the same with ``compile`` on or off.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import asdict
 from typing import Any, Literal
@@ -21,9 +20,21 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.finetune import apply_freeze, param_groups
+from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, train_counts_of
+from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
+from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
-from resnet_lit.schedules import OptimizerConfig, ScheduleConfig, global_batch_size, lr_factor, scaled_lr
+from resnet_lit.training.finetune import apply_freeze, param_groups
+from resnet_lit.training.schedules import (
+    OptimizerConfig,
+    ScheduleConfig,
+    build_optimizer,
+    build_scheduler,
+    global_batch_size,
+    scaled_lr,
+    steps_per_epoch,
+)
+from resnet_lit.training.train_accuracy import TrainAccuracy
 
 log = logging.getLogger("resnet_lit")
 
@@ -85,7 +96,9 @@ class ImageClassifier(pl.LightningModule):
         schedule = ScheduleConfig(**schedule) if isinstance(schedule, dict) else schedule
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        self.save_hyperparameters({**locals_hparams(locals()), "optimizer": asdict(optimizer), "schedule": asdict(schedule)})
+        hparams = dict(locals())  # the constructor's arguments (and self, __class__: dropped below)
+        hparams.update(optimizer=asdict(optimizer), schedule=asdict(schedule))
+        self.save_hyperparameters({k: v for k, v in hparams.items() if k not in ("self", "__class__")})
         self.optim_cfg, self.schedule_cfg = optimizer, schedule
         self.model = create_model(
             arch, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1,
@@ -98,11 +111,7 @@ class ImageClassifier(pl.LightningModule):
             f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro", validate_args=False)
             for stage in ("val", "test") for name, k in (("acc1", 1), ("acc5", self._top5))
         })
-        # Training accuracy: top-1 and top-5 hits summed on the device and images counted on the
-        # host, on the hot path instead of two torchmetrics updates (an eighth of their host time on a
-        # CPU, docs/benchmarks.md). Not a buffer: DDP would broadcast rank 0's counts every step.
-        self._train_hits: torch.Tensor | None = None
-        self._train_seen = 0
+        self.train_accuracy = TrainAccuracy(self._top5)  # counted on the hot path, not by torchmetrics
         self._compiled = False
 
     # ----------------------------------------------------------------------------------- setup
@@ -120,14 +129,12 @@ class ImageClassifier(pl.LightningModule):
         # After a resume's restore (trainer.ckpt_path is known only now): a resumed run keeps its
         # own weights and never reads init_weights again, which may be gone by then.
         if self.hparams.init_weights and self.trainer.ckpt_path is None:
-            self._load_init_weights()
+            self.load_init_weights()
 
-    def _load_init_weights(self, num_classes_change: str = "reinit") -> None:
+    def load_init_weights(self, num_classes_change: str = "reinit") -> None:
         """``init_weights`` into the backbone, in place; InitWeightsError if they cannot be. The CLI
         also calls this for validate / test / predict without a checkpoint, with
         ``num_classes_change="error"``: a classifier re-initialised at random measures nothing."""
-        from resnet_lit.checkpoints import InitWeightsError, load_weights
-
         try:
             load_weights(self.model, self.hparams.init_weights, num_classes_change=num_classes_change)  # in place
         except (OSError, ValueError) as error:  # missing, unreadable, unsafe, or another net's weights
@@ -156,40 +163,19 @@ class ImageClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        self._count_train_hits(logits.detach(), y)
-        if self._logging_step():  # self.log costs a fraction of a small net's GPU step: only when it is written
+        self.train_accuracy.update(logits.detach(), y)
+        if should_update_logs(self.trainer):  # self.log costs a fraction of a small net's GPU step
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _logging_step(self) -> bool:
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
-
-    def _count_train_hits(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        hits = logits.topk(self._top5, dim=1).indices == y.unsqueeze(1)  # [B, k], best first
-        counts = torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
-        if self._train_hits is None:
-            self._train_hits = torch.zeros(2, dtype=torch.long, device=counts.device)
-        elif self._train_hits.device != counts.device:  # counts restored from a checkpoint on the CPU
-            self._train_hits = self._train_hits.to(counts.device)
-        self._train_hits += counts
-        self._train_seen += y.shape[0]
-
     def on_train_epoch_start(self) -> None:
         # (Lightning skips this hook when it resumes a run mid-epoch: on_load_checkpoint's counts stay.)
-        self._train_hits, self._train_seen = None, 0
+        self.train_accuracy.reset()
 
     def on_train_epoch_end(self) -> None:
-        local = torch.zeros(3, dtype=torch.long, device=self.device)
-        if self._train_hits is not None:
-            local[:2] = self._train_hits.to(self.device)
-        local[2] = self._train_seen
-        total = self.trainer.strategy.reduce(local, reduce_op="sum")  # every rank, even one with no batches
-        self._train_hits, self._train_seen = None, 0
-        hits1, hits5, seen = total.tolist()
-        if seen == 0:
-            return  # nothing seen (an epoch end replayed after a resume): no row of made-up errors
-        self._log_accuracies("train", torch.tensor(hits1 / seen), torch.tensor(hits5 / seen))
+        rates = self.train_accuracy.compute(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), self.device)
+        if rates is not None:  # None: nothing seen (an epoch end replayed after a resume), no made-up row
+            self._log_accuracies("train", torch.tensor(rates[0]), torch.tensor(rates[1]))
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -236,8 +222,7 @@ class ImageClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        cfg, sched = self.optim_cfg, self.schedule_cfg
-        trainer = self.trainer
+        cfg, schedule, trainer = self.optim_cfg, self.schedule_cfg, self.trainer
         per_device = _per_device_batch(trainer)
         batch = global_batch_size(per_device, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
         lr = scaled_lr(cfg.lr, cfg.reference_batch, batch)
@@ -247,60 +232,36 @@ class ImageClassifier(pl.LightningModule):
             f"lr {lr:.6g} = {cfg.lr:g} x {batch}/{cfg.reference_batch}"
         )
         groups = param_groups(self.model, lr, cfg.backbone_lr_scale, cfg.weight_decay, cfg.no_decay_bn_bias)
-        optimizer = _build_optimizer(cfg, groups, lr, self.device)
-        if sched.kind == "plateau":
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=sched.gamma, patience=sched.patience)
-            config: dict[str, Any] = {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/error", "interval": "epoch"}}
-            if sched.warmup_steps:
-                rank_zero_info("schedule.warmup_steps is ignored by the plateau schedule")
-            return config
-        total = int(trainer.estimated_stepping_batches) if sched.kind == "cosine" else None
+        optimizer = build_optimizer(cfg, groups, lr, self.device)
+        if schedule.kind == "plateau" and schedule.warmup_steps:
+            rank_zero_info("schedule.warmup_steps is ignored by the plateau schedule")
+        total = int(trainer.estimated_stepping_batches) if schedule.needs_total_steps else None
         per_epoch = None
-        if sched.kind == "step" and sched.unit == "epoch":
-            max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-            if max_epochs is None:
-                raise ValueError("schedule.unit 'epoch' needs trainer.max_epochs; with max_steps use schedule.unit 'step'")
-            per_epoch = max(1, int(trainer.estimated_stepping_batches) // max_epochs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, sched, total, per_epoch))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if schedule.needs_steps_per_epoch:  # from the loader's length: max_steps may end the run early
+            _ = trainer.estimated_stepping_batches  # sets up the train loader, so num_training_batches is known
+            per_epoch = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
+        return build_scheduler(optimizer, schedule, total, per_epoch)
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # What the weights are, for loaders that never build this class (export, init_weights).
-        checkpoint["resnet_lit"] = {"arch_spec": dict(self.model.arch_spec), "class_names": self.hparams.class_names}
-        if self._train_seen and not self._epoch_batches_done_and_validating():
-            # The epoch's running training accuracy so far, so that a mid-epoch resume logs the
-            # whole epoch's figure. None after an epoch end (logged and reset by then), and none in
-            # the validation after an epoch's last batch: resumed from there, Lightning replays
-            # only on_train_epoch_end, and a train/error row then would be the epoch's second.
-            hits = self._train_hits.tolist() if self._train_hits is not None else [0, 0]
-            checkpoint["resnet_lit"]["train_counts"] = {
-                "epoch": self.current_epoch, "hits1": hits[0], "hits5": hits[1], "seen": self._train_seen,
-            }
-        run_id = _wandb_run_id(self.trainer) if self._trainer is not None else None
-        if run_id:
-            checkpoint["wandb_run_id"] = run_id
-
-    def _epoch_batches_done_and_validating(self) -> bool:
-        trainer = self._trainer
-        if trainer is None or not trainer.validating:
-            return False
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        return bool(progress.is_last_batch or progress.current.ready >= trainer.num_training_batches)
+        # The epoch's running training accuracy so far, so that a mid-epoch resume logs the whole
+        # epoch's figure. None after an epoch end (logged and reset by then), and none in the
+        # validation after an epoch's last batch: resumed from there, Lightning replays only
+        # on_train_epoch_end, and a train/error row then would be the epoch's second.
+        counts = None
+        if self.train_accuracy.seen and not epoch_batches_done_and_validating(self._trainer):
+            counts = {"epoch": self.current_epoch, **self.train_accuracy.state_dict()}
+        add_model_record(checkpoint, self.model.arch_spec, self.hparams.class_names, counts)
+        if self._trainer is not None:
+            add_wandb_run_id(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A run resumed mid-epoch carries on with the counts of the epoch's first part. They are
         # rank 0's (only rank 0 writes the checkpoint), so the other ranks start from zero and the
         # epoch's figure covers rank 0's whole share and every rank's rest: no image twice.
-        counts = checkpoint.get("resnet_lit", {}).get("train_counts")
-        if counts and counts.get("seen") and self.global_rank == 0:
-            self._train_hits = torch.tensor([counts["hits1"], counts["hits5"]], dtype=torch.long)
-            self._train_seen = int(counts["seen"])
-
-
-def locals_hparams(frame_locals: dict[str, Any]) -> dict[str, Any]:
-    """The constructor's arguments, without ``self`` and the class cell."""
-    return {k: v for k, v in frame_locals.items() if k not in ("self", "__class__")}
+        counts = train_counts_of(checkpoint)
+        if counts and self.global_rank == 0:
+            self.train_accuracy.load_state_dict(counts)
 
 
 def _call_eagerly(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -321,29 +282,3 @@ def _per_device_batch(trainer: pl.Trainer) -> int:
     if size:
         return int(size)
     raise ValueError("cannot tell the per-device batch size: give the DataModule a `batch_size` attribute")
-
-
-def _build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.Optimizer:
-    cls = getattr(torch.optim, cfg.name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        valid = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
-        raise ValueError(f"optimizer.name {cfg.name!r} is not a torch.optim optimiser; valid: {', '.join(valid)}")
-    accepted = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
-    if "momentum" in accepted:
-        kwargs["momentum"] = cfg.momentum
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
-    if fused and "fused" in accepted:
-        kwargs["fused"] = True
-    kwargs.update(cfg.args)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(f"optimizer.args {unknown} are not arguments of torch.optim.{cfg.name}; it takes {sorted(accepted)}")
-    return cls(groups, **kwargs)
-
-
-def _wandb_run_id(trainer: pl.Trainer) -> str | None:
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            return logger.version
-    return None

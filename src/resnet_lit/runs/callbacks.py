@@ -1,4 +1,7 @@
-"""Callbacks the CLI adds to every run: throughput, a line-based progress report, last.ckpt."""
+"""Callbacks the CLI adds to every run: throughput and a progress report (a rich bar or plain lines).
+
+The checkpoint callbacks (``last.ckpt``, random generators, loop state) live in ``resnet_lit.checkpointing``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -31,14 +34,16 @@ class Throughput(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0, self._images = None, 0  # epoch boundaries include validation: restart the window
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self._t0 is None:
             self._t0 = time.perf_counter()
             return
         self._images += _batch_size(batch) * trainer.world_size
         if self._images and trainer.global_step % self.every_n_steps == 0:
             elapsed = time.perf_counter() - self._t0
-            pl_module.log("train/images_per_s", self._images / elapsed, on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/images_per_s", self._images / elapsed, on_step=True, on_epoch=False,
+                          rank_zero_only=True)
             self._t0, self._images = time.perf_counter(), 0
 
 
@@ -67,13 +72,15 @@ class LineProgress(ProgressBar):
         items = [(k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)]
         return " ".join(f"{k}={float(v):.4g}" for k, v in sorted(items))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else "?"
             lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
             elapsed = time.perf_counter() - self._t0
-            self._print(f"epoch {trainer.current_epoch} step {step}/{total} lr={lr:.4g} {self._metrics(trainer, 'train/')} [{elapsed:.0f}s]")
+            self._print(f"epoch {trainer.current_epoch} step {step}/{total} lr={lr:.4g} "
+                        f"{self._metrics(trainer, 'train/')} [{elapsed:.0f}s]")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -92,19 +99,3 @@ def progress_bar() -> ProgressBar:
             pass
     return LineProgress()
 
-
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``: the newest state, after every validation and when training stops.
-
-    Lightning 2.6 refreshes a ``save_last=True`` checkpoint only when the monitored one improves,
-    and a run stopped by ``max_steps`` mid-epoch would keep an older file: this one is what
-    ``--ckpt_path last`` and a requeued job resume from, so it must be the newest state.
-    """
-
-    def __init__(self, dirpath: str) -> None:
-        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        if trainer.global_step != self._last_global_step_saved and not trainer.fast_dev_run:
-            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -31,7 +31,9 @@ def _devkit_data(devkit: Path, tmp: str) -> Path:
         devkit = Path(tmp)
     hits = list(devkit.rglob("ILSVRC2012_validation_ground_truth.txt"))
     if not hits:
-        raise FileNotFoundError(f"{devkit} holds no ILSVRC2012_validation_ground_truth.txt: is it the ILSVRC2012 devkit?")
+        raise FileNotFoundError(
+            f"{devkit} holds no ILSVRC2012_validation_ground_truth.txt: is it the ILSVRC2012 devkit?"
+        )
     return hits[0].parent
 
 
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--devkit", type=Path, help="ILSVRC2012_devkit_t12 folder or .tar.gz")
     src.add_argument("--labels", type=Path, help="LOC_val_solution.csv or a '<file> <wnid>' text file")
-    p.add_argument("--synsets", type=Path, help="with --devkit: the 1000 WordNet ids in ILSVRC2012_ID order (instead of meta.mat)")
+    p.add_argument("--synsets", type=Path,
+                   help="with --devkit: the 1000 WordNet ids in ILSVRC2012_ID order (instead of meta.mat)")
     p.add_argument("--out", type=Path, help="write the class folders here (default: inside val_dir)")
     p.add_argument("--mode", choices=["move", "copy", "symlink"], default="move")
     args = p.parse_args(argv)

@@ -79,7 +79,8 @@ class PredictionWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         if not isinstance(prediction, dict) or "paths" not in prediction or "probs" not in prediction:
-            raise TypeError(f"PredictionWriter needs predict_step to return {{'paths', 'probs'}}, got {type(prediction).__name__}")
+            raise TypeError("PredictionWriter needs predict_step to return {'paths', 'probs'}, "
+                            f"got {type(prediction).__name__}")
         assert self.partial is not None
         probs: torch.Tensor = prediction["probs"].detach().float().cpu()
         paths = list(prediction["paths"])

@@ -1,71 +1,58 @@
-"""Which checkpoint a (re)started run resumes from: ``--ckpt_path auto``.
+"""What resnet-lit adds to a Lightning checkpoint, and where it reads it back.
 
-A SLURM job submitted with ``--requeue`` runs the same command line every time it starts, so
-the command must work both on the very first start (nothing to resume: Lightning's
-``ckpt_path="hpc"`` raises there, Lightning-AI/pytorch-lightning#20347, and ``"last"`` fails in our CLI)
-and after a preemption (resume from the ``hpc_ckpt_N.ckpt`` that the SIGUSR1 handler wrote in
-the run directory) or a node failure (no hpc checkpoint was written: resume from
-``checkpoints/last.ckpt``). ``auto`` picks the newest of those, or none.
-Picking it ourselves, rather than leaving ``ckpt_path=None`` to Lightning's implicit SLURM
-resume, also lets the CLI read the wandb run id from the checkpoint it resumes.
+Lightning saves weights, optimiser, schedule, loop counters and callback states. resnet-lit adds:
+
+* ``checkpoint["resnet_lit"]``: what the weights are (``arch_spec``, ``class_names``), for loaders
+  that never build the LightningModule (``export``, ``init_weights``), and, in a checkpoint taken
+  inside an epoch, the epoch's training-accuracy counts (``train_counts``, from ``TrainAccuracy``);
+* ``checkpoint["wandb_run_id"]``: a resumed run logs on into the same wandb run;
+* the global random generators (``RNGState``, a callback state keyed ``"RNGState"``);
+* the fit loop's counters of a checkpoint taken at an epoch's end, written in the form Lightning
+  resumes exactly (``EpochEndLoopState``).
+
+Everything is plain data (tensors, numbers, strings, lists, dicts): checkpoints load with
+``torch.load(weights_only=True)``. Callback states are keyed by class name: keep the names.
 """
 
 from __future__ import annotations
 
 import random
-import re
-from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
-import lightning.pytorch as pl
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
-AUTO = "auto"
-_HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+RECORD_KEY = "resnet_lit"
+WANDB_KEY = "wandb_run_id"
 
 
-def hpc_checkpoints(run_dir: str | Path) -> list[Path]:
-    """``hpc_ckpt_N.ckpt`` files Lightning's SLURM handler saved in ``run_dir``, by N ascending."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _HPC.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
+def add_model_record(
+    checkpoint: dict[str, Any], arch_spec: dict[str, Any], class_names: list[str] | None,
+    train_counts: dict[str, int] | None = None,
+) -> None:
+    """Write what the weights are (and, inside an epoch, the epoch's training counts so far)."""
+    checkpoint[RECORD_KEY] = {"arch_spec": dict(arch_spec), "class_names": class_names}
+    if train_counts is not None:
+        checkpoint[RECORD_KEY]["train_counts"] = train_counts
 
 
-def find_resume_checkpoint(run_dir: str | Path, checkpoint_dir: str | Path) -> Path | None:
-    """The newest of the run's last hpc checkpoint and ``checkpoint_dir/last.ckpt``; None if neither exists.
-
-    Newest by modification time: the run only ever writes these two kinds, each save is a later
-    point of the same training, and a resumed run keeps writing into the same directory.
-    """
-    candidates = hpc_checkpoints(run_dir)[-1:]
-    last = Path(checkpoint_dir) / "last.ckpt"
-    if last.is_file():
-        candidates.append(last)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+def train_counts_of(checkpoint: dict[str, Any]) -> dict[str, int] | None:
+    """``{"epoch", "hits1", "hits5", "seen"}`` when the checkpoint was taken inside an epoch."""
+    counts = checkpoint.get(RECORD_KEY, {}).get("train_counts")
+    return counts if counts and counts.get("seen") else None
 
 
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path, checkpoint_dir: str | Path) -> str | None:
-    """Turn the CLI's ``--ckpt_path`` into a file path (or None) before Lightning sees it.
+def add_wandb_run_id(checkpoint: dict[str, Any], trainer: pl.Trainer) -> None:
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and logger.version:
+            checkpoint[WANDB_KEY] = logger.version
+            return
 
-    - ``"auto"``: :func:`find_resume_checkpoint` (None on a first start: train from scratch).
-    - ``None`` on SLURM with an hpc checkpoint present: the same choice Lightning would make
-      implicitly (it resumes ``hpc_ckpt_N`` when ``ckpt_path`` is None), made explicit so the
-      newer ``last.ckpt`` wins when there is one and the wandb id can be read from the file.
-    - anything else: unchanged.
-    """
-    if ckpt_path == AUTO:
-        found = find_resume_checkpoint(run_dir, checkpoint_dir)
-        return str(found) if found else None
-    if ckpt_path is None and SLURMEnvironment.detect() and hpc_checkpoints(run_dir):
-        return str(find_resume_checkpoint(run_dir, checkpoint_dir))
-    return ckpt_path
+
+def wandb_run_id_of(checkpoint: dict[str, Any]) -> str | None:
+    return checkpoint.get(WANDB_KEY)
 
 
 class RNGState(Callback):
@@ -120,7 +107,8 @@ class EpochEndLoopState(Callback):
     Epoch-based runs (``max_steps=-1``) resume exactly without this and are left alone.
     """
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         loop = checkpoint.get("loops", {}).get("fit_loop")
         if trainer.max_steps == -1 or not loop or "epoch_progress" not in loop:
             return

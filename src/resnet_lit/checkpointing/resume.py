@@ -1,0 +1,85 @@
+"""Which checkpoint a (re)started run resumes from: ``--ckpt_path auto``.
+
+A SLURM job submitted with ``--requeue`` runs the same command line every time it starts, so
+the command must work both on the very first start (nothing to resume: Lightning's
+``ckpt_path="hpc"`` raises there, Lightning-AI/pytorch-lightning#20347, and ``"last"`` fails in our CLI)
+and after a preemption (resume from the ``hpc_ckpt_N.ckpt`` that the SIGUSR1 handler wrote in
+the run directory) or a node failure (no hpc checkpoint was written: resume from
+``checkpoints/last.ckpt``). ``auto`` picks the newest of those, or none.
+Picking it ourselves, rather than leaving ``ckpt_path=None`` to Lightning's implicit SLURM
+resume, also lets the CLI read the wandb run id from the checkpoint it resumes.
+
+``LastCheckpoint`` writes the ``checkpoints/last.ckpt`` that ``--ckpt_path last`` and ``auto`` find.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from resnet_lit.lightning_private import save_checkpoint_unless_saved_this_step
+
+AUTO = "auto"
+_HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+
+
+def hpc_checkpoints(run_dir: str | Path) -> list[Path]:
+    """``hpc_ckpt_N.ckpt`` files Lightning's SLURM handler saved in ``run_dir``, by N ascending."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _HPC.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_checkpoint(run_dir: str | Path, checkpoint_dir: str | Path) -> Path | None:
+    """The newest of the run's last hpc checkpoint and ``checkpoint_dir/last.ckpt``; None if neither exists.
+
+    Newest by modification time: the run only ever writes these two kinds, each save is a later
+    point of the same training, and a resumed run keeps writing into the same directory.
+    """
+    candidates = hpc_checkpoints(run_dir)[-1:]
+    last = Path(checkpoint_dir) / "last.ckpt"
+    if last.is_file():
+        candidates.append(last)
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path, checkpoint_dir: str | Path) -> str | None:
+    """Turn the CLI's ``--ckpt_path`` into a file path (or None) before Lightning sees it.
+
+    - ``"auto"``: :func:`find_resume_checkpoint` (None on a first start: train from scratch).
+    - ``None`` on SLURM with an hpc checkpoint present: the same choice Lightning would make
+      implicitly (it resumes ``hpc_ckpt_N`` when ``ckpt_path`` is None), made explicit so the
+      newer ``last.ckpt`` wins when there is one and the wandb id can be read from the file.
+    - anything else: unchanged.
+    """
+    if ckpt_path == AUTO:
+        found = find_resume_checkpoint(run_dir, checkpoint_dir)
+        return str(found) if found else None
+    if ckpt_path is None and SLURMEnvironment.detect() and hpc_checkpoints(run_dir):
+        return str(find_resume_checkpoint(run_dir, checkpoint_dir))
+    return ckpt_path
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the newest state, after every validation and when training stops.
+
+    Lightning 2.6 refreshes a ``save_last=True`` checkpoint only when the monitored one improves,
+    and a run stopped by ``max_steps`` mid-epoch would keep an older file: this one is what
+    ``--ckpt_path last`` and a requeued job resume from, so it must be the newest state.
+    Its checkpoint state is keyed by its class name and these settings (``state_key``): keep both.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        save_checkpoint_unless_saved_this_step(self, trainer)

@@ -1,0 +1,129 @@
+"""ImageDataModule: what the CIFAR and ImageNet DataModules share.
+
+Each argument of a DataModule is declared once, in its ``__init__`` signature: LightningCLI reads it
+from there, ``save_hyperparameters`` stores it in checkpoints, and the code reads it back from
+``self.hparams``. This base builds the loaders from each rank's shard (``ShardSampler``), keeps one
+copy of the normalisation statistics per device, and runs the batch hooks: skipped-image counting
+on the host before the transfer, ``transform_batch`` on whole batches on the device after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+from resnet_lit.lightning_private import should_update_logs
+
+from .folder import default_num_workers
+from .sharding import ShardSampler
+
+log = logging.getLogger(__name__)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base of the image DataModules: subclasses define ``__init__`` (calling ``save_hyperparameters``
+    with ``batch_size``, ``eval_batch_size``, ``seed``, ``num_workers``, ``pin_memory`` and
+    ``on_bad_image`` among their arguments), ``statistics`` and ``transform_batch``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statistics_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.num_skipped = 0  # bad images this process met so far (skip mode), summed over workers
+        self._skipped_logged = 0
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def batch_size(self) -> int:
+        """Images per device per training step (ImageClassifier scales the lr by it)."""
+        return self.hparams.batch_size
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    @property
+    def num_workers(self) -> int:
+        return default_num_workers() if self.hparams.num_workers is None else self.hparams.num_workers
+
+    @property
+    def pin_memory(self) -> bool:
+        return torch.cuda.is_available() if self.hparams.pin_memory is None else self.hparams.pin_memory
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        if t is None:  # used without a Trainer (benchmarks, notebooks)
+            return 0, 1
+        return t.global_rank, t.world_size
+
+    def _shard(self, n: int, *, train: bool, batch_size: int | None = None) -> ShardSampler:
+        """This rank's part of ``range(n)``: shuffled for training, in order for evaluation; index
+        batches (the last short one dropped in training) when ``batch_size`` is given."""
+        rank, world = self._rank_world()
+        return ShardSampler(n, rank=rank, world_size=world, shuffle=train, seed=self.hparams.seed,
+                            batch_size=batch_size, drop_last=train and batch_size is not None)
+
+    def _worker_args(self, pin_memory: bool) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "pin_memory": pin_memory, "persistent_workers": self.num_workers > 0}
+
+    # ------------------------------------------------------------------ on the device
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The normalisation's mean and std (None: subtract the mean only), on the CPU."""
+        raise NotImplementedError
+
+    def statistics_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``statistics()`` on ``device``, copied there once, not every step."""
+        if device not in self._statistics_on:
+            mean, std = self.statistics()
+            self._statistics_on[device] = (mean.to(device), None if std is None else std.to(device))
+        return self._statistics_on[device]
+
+    def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # ImageFiles batches are (x, target, bad): count skipped images while the counts are still on
+        # the host (no device sync per step).
+        if isinstance(batch, (list, tuple)) and len(batch) == 3:
+            x, target, bad = batch
+            self._count_skipped(bad)
+            if isinstance(target, tuple):  # predict: default_collate gives the paths as a tuple
+                target = list(target)
+            return x, target
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, target = batch
+        if isinstance(x, torch.Tensor) and x.dtype != torch.uint8:  # already processed (a user's own float loader)
+            return batch
+        train = self.trainer is not None and self.trainer.training
+        if isinstance(x, (list, tuple)):  # multi-scale test views
+            return [self.transform_batch(v, train=False) for v in x], target
+        return self.transform_batch(x, train), target
+
+    # ------------------------------------------------------------------ skipped images
+    def _count_skipped(self, bad: torch.Tensor) -> None:
+        n = int(bad.sum())
+        if n:
+            self.num_skipped += n
+            log.warning("skipped %d unreadable image(s) in this batch (%d so far; on_bad_image='skip')", n,
+                        self.num_skipped)
+        t = self.trainer
+        if t is None or t.logger is None or self.hparams.on_bad_image != "skip":
+            return
+        if t.world_size == 1:
+            total = self.num_skipped
+        elif t.training and should_update_logs(t):
+            # Summed over ranks on the training steps the logger writes: every rank reaches them at the
+            # same batch (training shards are equally long; evaluation shards may differ by a batch, so
+            # a rank's evaluation skips join the sum at the next such step).
+            total = int(t.strategy.reduce(torch.tensor(self.num_skipped, device=t.strategy.root_device),
+                                          reduce_op="sum"))
+        else:
+            return
+        if total > self._skipped_logged:
+            self._skipped_logged = total
+            t.logger.log_metrics({"data/skipped_images": float(total)}, step=t.global_step)

@@ -1,0 +1,59 @@
+"""Every private Lightning name resnet-lit uses, in one place.
+
+Lightning's public API does not cover a few things resnet-lit needs: whether the logger writes this
+step, where the fit loop stands inside an epoch (and its keys in a checkpoint), saving a
+``ModelCheckpoint`` without a monitor when training stops, a CSV writer that keeps metrics.csv.
+Code elsewhere reaches them through the functions here, or names them in ``PRIVATE_NAMES``;
+``tests/test_lightning_private.py`` checks every name there on the installed Lightning, so an
+upgrade that removes one fails by name instead of breaking resume silently. ``pyproject.toml``
+bounds ``lightning`` below the next minor version beyond the tested one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Where each name is read from: a Trainer, a ModelCheckpoint, a CSVLogger and its ExperimentWriter,
+# or the fit loop's part of a checkpoint ("fit_loop_state", keys joined by "/").
+PRIVATE_NAMES = (
+    # ImageClassifier.training_step logs train/loss only on steps the logger writes
+    "Trainer._logger_connector.should_update_logs",
+    # ImageClassifier.on_save_checkpoint: in the validation after an epoch's last batch?
+    "Trainer.fit_loop.epoch_loop.batch_progress.is_last_batch",
+    "Trainer.fit_loop.epoch_loop.batch_progress.current.ready",
+    # checkpointing.contents.EpochEndLoopState rewrites the fit loop's counters in a checkpoint
+    "fit_loop_state/epoch_progress/current/processed",
+    "fit_loop_state/epoch_progress/total/completed",
+    "fit_loop_state/epoch_loop.batch_progress/is_last_batch",
+    "fit_loop_state/epoch_loop.batch_progress/current/completed",
+    "fit_loop_state/epoch_loop.state_dict/_batches_that_stepped",
+    # checkpointing.resume.LastCheckpoint saves last.ckpt when training stops
+    "ModelCheckpoint._save_none_monitor_checkpoint",
+    "ModelCheckpoint._monitor_candidates",
+    "ModelCheckpoint._last_global_step_saved",
+    # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
+    "CSVLogger._experiment",
+    "CSVLogger._fs",
+    "ExperimentWriter._check_log_dir_exists",
+    "ExperimentWriter._fs",
+)
+
+
+def should_update_logs(trainer: Any) -> bool:
+    """Whether the logger writes this step (``log_every_n_steps``); True when that cannot be told."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
+def epoch_batches_done_and_validating(trainer: Any) -> bool:
+    """In the validation that follows an epoch's last training batch (False without a trainer)."""
+    if trainer is None or not trainer.validating:
+        return False
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch or progress.current.ready >= trainer.num_training_batches)
+
+
+def save_checkpoint_unless_saved_this_step(callback: Any, trainer: Any) -> None:
+    """A ``ModelCheckpoint`` without a monitor saves now, unless it already saved at this global step."""
+    if trainer.global_step != callback._last_global_step_saved and not trainer.fast_dev_run:
+        callback._save_none_monitor_checkpoint(trainer, callback._monitor_candidates(trainer))
