@@ -136,7 +136,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Ten
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="../shared/data/cifar10-jpeg", help="folder with train.tar.gz and test.tar.gz")
     p.add_argument("--steps", type=int, default=64000, help="iterations (the paper: 64k)")
     p.add_argument("--milestones", type=int, nargs="*", default=[32000, 48000], help="iterations where lr /= 10")
@@ -187,14 +187,15 @@ def main(argv: list[str] | None = None) -> dict:
             sched.step()
             step += 1
             train_time += time.perf_counter() - t_step
-            loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             if step % eval_every == 0 or step == args.steps:
                 err = evaluate(model, test_x, test_y, mean, bf16)
                 row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / loss_n,
                        "test_error": err, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
                 rows.append(row)
                 loss_sum, loss_n = 0.0, 0
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+                shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                print(" ".join(shown), flush=True)
         epoch += 1
 
     wall = time.perf_counter() - t0

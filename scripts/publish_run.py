@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("out", type=Path, help="results/<name>")
-    p.add_argument("--recipe", nargs="+", required=True, help="configs the test command composes (recipe + trainer overlay)")
+    p.add_argument("--recipe", nargs="+", required=True, help="configs the test command composes (recipe, overlay)")
     p.add_argument("--train-config", nargs="*", default=[], help="further configs the fit composed (after --recipe)")
     p.add_argument("--commit", required=True, help="the code commit the run was started from")
-    p.add_argument("--log", type=Path, nargs="*", default=[], help="the run's stdout log(s), one per start, for the wall time")
+    p.add_argument("--log", type=Path, nargs="*", default=[], help="the run's stdout log(s), one per start (wall time)")
     p.add_argument("--notes", default="", help="free text for the card (load on the machine, interruptions)")
-    p.add_argument("--docs", type=Path, default=Path("docs/results.md"), help="the page whose table lists every published run")
-    p.add_argument("--allow-unfinished", action="store_true", help="dry run: publish a run that has not reached max_steps")
+    p.add_argument("--docs", type=Path, default=Path("docs/results.md"), help="the page listing every published run")
+    p.add_argument("--allow-unfinished", action="store_true", help="dry run: publish a run short of its max_steps")
     args = p.parse_args(argv)
 
     config = yaml.safe_load((args.run_dir / "config.yaml").read_text())
@@ -256,7 +256,8 @@ model = create_model("{r['arch']}", weights="{out.as_posix()}/{r['weights']}").e
 
 - `config.yaml`: the resolved configuration of the run; `metrics.csv`: its whole log.
 - `{r['weights']}` ({r['bytes']:,} bytes): the final weights with their `arch_spec` and class names in the header.
-- `report/`: `resnet-lit report` of the run{f" ({figure.name})" if figure else ""} and its table; `results.json`: every figure above.
+- `report/`: `resnet-lit report` of the run{f" ({figure.name})" if figure else ""} and its table;
+  `results.json`: every figure above.
 """
 
 

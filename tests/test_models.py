@@ -354,7 +354,7 @@ def test_bad_option_values_name_the_value(name: str, options: dict, message: str
 
 
 def test_create_model_with_weights_loads_them_strictly(tmp_path) -> None:
-    from resnet_lit.export import export_safetensors
+    from resnet_lit.commands.export import export_safetensors
 
     torch.manual_seed(0)
     trained = create_model("resnet20").eval()

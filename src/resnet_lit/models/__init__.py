@@ -114,7 +114,7 @@ def create_model(
     )  # fmt: skip
     model.arch_spec["name"] = name
     if weights is not None:
-        from resnet_lit.checkpoints import load_weights  # torch only, no Lightning
+        from resnet_lit.checkpointing.weights import load_weights  # torch only, no Lightning
 
         load_weights(model, weights, num_classes_change="error")
     return model
