@@ -72,7 +72,7 @@ class ImageDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ on the device
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The normalisation's mean and std (None: subtract the mean only), on the CPU."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define statistics(): each data source has its own")
 
     def statistics_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``statistics()`` on ``device``, copied there once, not every step."""
@@ -82,7 +82,8 @@ class ImageDataModule(L.LightningDataModule):
         return self._statistics_on[device]
 
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        raise NotImplementedError
+        """A batch as the model takes it (normalised; augmented when ``train``): each source defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define transform_batch(x, train)")
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # ImageFiles batches are (x, target, bad): count skipped images while the counts are still on
