@@ -64,6 +64,11 @@ def test_fit_writes_config_metrics_and_checkpoints(trained_run):
     assert len(losses) == 6 and all(0 < v < 10 for v in losses)
     val_errors = [float(r["val/error"]) for r in rows if r.get("val/error")]
     assert val_errors and all(0 <= v <= 100 for v in val_errors)
+    # the epoch's training error so far, every logged step; at the epoch's last step, the epoch's figure
+    running = [float(r["train/error_running"]) for r in rows if r.get("train/error_running")]
+    epoch_error = [float(r["train/error"]) for r in rows if r.get("train/error")]
+    assert len(running) == 6 and all(0 <= v <= 100 for v in running) and len(epoch_error) == 1
+    assert running[-1] == pytest.approx(epoch_error[0], abs=1e-4)
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((trained_run / "checkpoints").glob("best-*.ckpt"))) == 1
 

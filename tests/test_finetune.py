@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -46,6 +47,22 @@ def test_freeze_choices_and_errors() -> None:
                        match=r"freeze='stage4' is not valid for this 3-stage net; "
                              r"use one of none, stem, stage1, stage2, stage3, backbone"):
         apply_freeze(model, "stage4")
+
+
+def test_every_freeze_value_in_the_docs_is_accepted_by_the_cli(repo_root: Path) -> None:
+    """docs/finetune.md's table and `--model.freeze` agree: each documented value parses and freezes."""
+    from jsonargparse import ArgumentParser
+
+    table = (repo_root / "docs" / "finetune.md").read_text().split("`--model.freeze`", 1)[1].split("\n\n", 2)[1]
+    documented = re.findall(r"^\| `(\w+)`(?: \.\.\. `(\w+)`)? \|", table, flags=re.M)
+    values = [v for pair in documented for v in pair if v]
+    values += [f"stage{k}" for k in range(2, 4)]  # the "stage1 ... stage4" row
+    assert {"none", "stem", "stage1", "stage4", "backbone"} <= set(values)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ImageClassifier, "model")
+    for value in values:
+        assert parser.parse_args(["--model.arch", "resnet18", "--model.freeze", value]).model.freeze == value
+        apply_freeze(create_model("resnet18"), value)
 
 
 def test_param_groups_lrs_decay_and_frozen() -> None:

@@ -185,3 +185,41 @@ def test_a_test_of_the_run_is_merged_into_its_row(tmp_path: Path) -> None:
     row = _table_rows(report.error_table(runs))["resnet20"]
     assert row[7] == "8.75" and row[5] == "12.00"
     assert report.load_run(tmp_path / "runs" / "resnet20").column(report.TEST_ERROR) == [(0, 8.75)]
+
+
+def _with_data(folder: Path, class_path: str, num_classes: int, init_weights: str | None = None) -> None:
+    """Add what a real run's files say about its data: the config's data and init_weights, hparams.yaml."""
+    config = (folder / "config.yaml").read_text()
+    config = config.replace("model:\n", f"model:\n  init_weights: {init_weights or 'null'}\n")
+    (folder / "config.yaml").write_text(config + f"data:\n  class_path: {class_path}\n  init_args:\n    root: x\n")
+    (folder / "hparams.yaml").write_text(f"arch: x\nnum_classes: {num_classes}\n")
+
+
+def test_only_paper_data_sets_trained_from_scratch_get_the_paper_column(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    cases = {  # run -> (arch, DataModule, classes, init_weights, family, paper column)
+        "cifar_r20": ("resnet20", "resnet_lit.data.CIFARDataModule", 10, None, "cifar10", "8.75"),
+        "cifar100_r20": ("resnet20", "resnet_lit.data.CIFARDataModule", 100, None, "other", "—"),
+        "woof_finetune_r18": ("resnet18", "resnet_lit.data.ImageNetDataModule", 10, "r18.pth", "other", "—"),
+        "woof_scratch_r18": ("resnet18", "resnet_lit.data.ImageNetDataModule", 10, None, "other", "—"),
+        "imagenet_r18": ("resnet18", "resnet_lit.data.ImageNetDataModule", 1000, None, "imagenet", "27.88"),
+    }
+    for name, (arch, class_path, classes, init, _, _) in cases.items():
+        write_run(runs / name, arch, [20.0], [22.0], max_steps=STEPS_PER_EPOCH)
+        _with_data(runs / name, class_path, classes, init)
+    loaded = {r.name: r for r in report.load_runs([runs])}
+    rows = _table_rows(report.error_table(list(loaded.values())))
+    for name, (*_, family, paper) in cases.items():
+        assert (loaded[name].family, rows[name][-1]) == (family, paper), name
+    assert "fine-tunes, have no paper number" in report.error_table(list(loaded.values()))
+    assert report.main([str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "figure6_cifar10.png", "figure6_imagenet.png", "figure6_other.png"]
+
+
+def test_two_runs_of_one_net_are_told_apart_in_the_legend(tmp_path: Path) -> None:
+    for name in ("r20_seed0", "r20_seed1", "r56"):
+        write_run(tmp_path / name, "resnet56" if name == "r56" else "resnet20", [20.0], [22.0],
+                  max_steps=STEPS_PER_EPOCH)
+    runs = report.load_runs([tmp_path / "r20_seed0", tmp_path / "r20_seed1", tmp_path / "r56"])
+    assert report.legend_names(runs, "ResNet") == ["ResNet-20 (r20_seed0)", "ResNet-20 (r20_seed1)", "ResNet-56"]

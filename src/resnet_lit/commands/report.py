@@ -47,11 +47,26 @@ def _sort_key(run: Run) -> tuple:
 def missing_columns(run: Run) -> list[str]:
     """Which of the curves Figure 6 needs are absent from a run's logs."""
     missing = []
-    if not run.column(TRAIN_ERROR):
+    if not run.train_curve():
         missing.append("train/error")
     if not run.column(VAL_ERROR) and not run.column(TEST_ERROR):
         missing.append("val/error")
     return missing
+
+
+def _legend_name(run: Run, label: str) -> str:
+    """'ResNet-20', 'plain-34', 'ResNet-34 (A)' for the paper's nets, else the run's name."""
+    name = f"{label}-{run.depth}" if run.depth else run.name
+    if run.shortcut and run.family == "imagenet" and not run.is_plain:
+        name += f" ({str(run.shortcut).upper()})"
+    return name
+
+
+def legend_names(runs: list[Run], label: str) -> list[str]:
+    """One legend entry per run; runs that would share one (two ResNet-20 runs) add their run's name."""
+    names = [_legend_name(run, label) for run in runs]
+    return [f"{name} ({run.name})" if names.count(name) > 1 and name != run.name else name
+            for run, name in zip(runs, names)]
 
 
 def plot_figure6(
@@ -80,15 +95,12 @@ def plot_figure6(
     axes = list(fig.subplots(1, len(families), sharey=True, squeeze=False)[0])
     for ax, (panel_runs, label) in zip(axes, families):
         used: set[str] = set()
-        for run in panel_runs:
+        for run, name in zip(panel_runs, legend_names(panel_runs, label)):
             colour = colour_of[run.depth or 0]
             if colour in used:  # two runs of the same depth (e.g. shortcut A/B/C): next free colour
                 colour = next((c for c in _COLORS if c not in used), colour)
             used.add(colour)
-            name = f"{label}-{run.depth}" if run.depth else run.name
-            if run.shortcut and run.family == "imagenet" and not run.is_plain:
-                name += f" ({str(run.shortcut).upper()})"
-            train, evaluated = run.column(TRAIN_ERROR), run.column(VAL_ERROR) or run.column(TEST_ERROR)
+            train, evaluated = run.train_curve(), run.column(VAL_ERROR) or run.column(TEST_ERROR)
             # the CSV's step is 0-based: a value logged at step s follows s + 1 iterations
             if train:
                 ax.plot([(s + 1) / unit for s, _ in train], [v for _, v in train], "--", color=colour, linewidth=1)
@@ -127,7 +139,7 @@ def error_table(runs: list[Run]) -> str:
     ]
     notes = []
     for run in sorted(runs, key=lambda r: (r.family, *_sort_key(r))):
-        train, val, test = run.column(TRAIN_ERROR), run.column(VAL_ERROR), run.column(TEST_ERROR)
+        train, val, test = run.column(TRAIN_ERROR) or run.train_curve(), run.column(VAL_ERROR), run.column(TEST_ERROR)
         finished = {True: "yes", False: "no (running or stopped)", None: "?"}[run.finished]
         arch = run.arch or "?"
         if run.shortcut and canonical_arch(run.arch) == "resnet34":
@@ -150,7 +162,9 @@ def error_table(runs: list[Run]) -> str:
     lines.append(
         "Errors are top-1 in percent. Steps = optimiser steps logged. Paper: "
         + "; ".join(f"{f}: {PAPER_SOURCE[f]}" for f in families)
-        + ("." if families else "none for these archs.")
+        + ("." if families else "none for these runs.")
+        + (" Runs on other data sets, and fine-tunes, have no paper number." if any(
+            r.family == "other" for r in runs) else "")
     )
     common = common_step_errors(runs)
     if common:
@@ -175,7 +189,7 @@ def common_step_errors(runs: list[Run]) -> list[str]:
     lines = []
     for family in sorted({r.family for r in runs}):
         family_runs = sorted((r for r in runs if r.family == family), key=_sort_key)
-        trains = [r.column(TRAIN_ERROR) for r in family_runs]
+        trains = [r.train_curve() for r in family_runs]
         if len(family_runs) < 2 or not all(trains) or len({t[-1][0] for t in trains}) == 1:
             continue
         step = min(t[-1][0] for t in trains)

@@ -32,7 +32,8 @@ _ARCH_RE = re.compile(r"(plain|resnet)[-_]?(\d+)", re.IGNORECASE)
 
 # Column names ImageClassifier logs (errors in percent, top-1). The `_epoch` spellings are what
 # Lightning writes when a metric is logged with both on_step and on_epoch; accepted as fallbacks.
-TRAIN_ERROR = ("train/error", "train/error_epoch")
+TRAIN_ERROR = ("train/error", "train/error_epoch")  # the whole epoch's, at its end
+TRAIN_ERROR_RUNNING = ("train/error_running",)  # the epoch's so far, every logging interval
 VAL_ERROR = ("val/error", "val/error_epoch")
 TEST_ERROR = ("test/error",)
 
@@ -55,6 +56,10 @@ class Run:
     max_steps: int | None = None  # from config.yaml trainer.max_steps (None or -1: unset)
     max_epochs: int | None = None
     dropped_partial_line: bool = False  # a half-written last line was skipped (run still going)
+    # What the run trained on, from its config.yaml and hparams.yaml: "cifar10" or "imagenet" for a
+    # from-scratch run on the paper's data set, "other" for anything else (another data set, a
+    # fine-tune), None when the run has no config (then the depth in the arch name decides).
+    dataset: str | None = None
 
     def column(self, names: tuple[str, ...]) -> list[tuple[int, float]]:
         """The first of `names` that was logged, as (step, value) pairs; [] if none was."""
@@ -62,6 +67,12 @@ class Run:
             if self.series.get(name):
                 return self.series[name]
         return []
+
+    def train_curve(self) -> list[tuple[int, float]]:
+        """Training error to draw: one point per epoch, or the running figure of each logging
+        interval for runs with fewer than two epochs (a short run still gets a curve)."""
+        per_epoch = self.column(TRAIN_ERROR)
+        return per_epoch if len(per_epoch) >= 2 else self.column(TRAIN_ERROR_RUNNING) or per_epoch
 
     @property
     def depth(self) -> int | None:
@@ -74,12 +85,13 @@ class Run:
 
     @property
     def family(self) -> str:
-        """'cifar10', 'imagenet' or 'other', decided by the depth in the arch name."""
-        if self.depth in CIFAR_DEPTHS:
-            return "cifar10"
-        if self.depth in IMAGENET_DEPTHS:
-            return "imagenet"
-        return "other"
+        """'cifar10' or 'imagenet' for a paper net trained from scratch on that data set, else 'other'.
+
+        Without a config (a bare metrics.csv), the depth in the arch name decides."""
+        by_depth = "cifar10" if self.depth in CIFAR_DEPTHS else "imagenet" if self.depth in IMAGENET_DEPTHS else "other"
+        if self.dataset is None:
+            return by_depth
+        return self.dataset if self.dataset == by_depth else "other"
 
     @property
     def finished(self) -> bool | None:
@@ -92,6 +104,9 @@ class Run:
 
     @property
     def paper_error(self) -> float | None:
+        """The paper's error for this net on this data set; None for other data sets and fine-tunes."""
+        if self.family == "other":
+            return None
         paper = PAPER_ERRORS.get(canonical_arch(self.arch))
         if isinstance(paper, dict):  # ResNet-34: one number per shortcut option; B is the default
             return paper.get((self.shortcut or "B").upper())
@@ -139,6 +154,36 @@ def _read_config(csv_path: Path, stop_at: Path) -> dict[str, Any]:
         if folder == stop_at or folder.parent == folder:
             return {}
         folder = folder.parent
+
+
+def _paper_dataset(config: dict[str, Any], csv_path: Path) -> str | None:
+    """'cifar10' / 'imagenet' when the config trains from scratch on the paper's data set, 'other'
+    when it does not, None when the config does not say (no data section). The class count comes
+    from the run's hparams.yaml (which Lightning writes beside metrics.csv) where there is one."""
+    if not isinstance(config.get("data"), dict):
+        return None
+    data, model = _section(config, "data"), _section(config, "model")
+    if model.get("init_weights"):
+        return "other"  # a fine-tune: the paper's numbers are for training from scratch
+    class_path = str(config["data"].get("class_path", ""))
+    num_classes = None
+    hparams = csv_path.parent / "hparams.yaml"
+    if hparams.is_file():
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(hparams.read_text())
+        except yaml.YAMLError:
+            loaded = None
+        if isinstance(loaded, dict) and isinstance(loaded.get("num_classes"), int):
+            num_classes = loaded["num_classes"]
+    if class_path.endswith("CIFARDataModule"):
+        if data.get("dataset", "cifar10") == "cifar10" and num_classes in (None, 10):
+            return "cifar10"
+    elif class_path.endswith("ImageNetDataModule"):
+        if num_classes in (None, 1000):
+            return "imagenet"
+    return "other"
 
 
 def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
@@ -189,6 +234,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         shortcut=model.get("shortcut"),
         max_steps=trainer.get("max_steps"),
         max_epochs=trainer.get("max_epochs"),
+        dataset=_paper_dataset(config, csv_path),
     )
     text = csv_path.read_text(encoding="utf-8", errors="replace")
     if text and not text.endswith("\n"):

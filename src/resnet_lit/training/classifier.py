@@ -24,7 +24,7 @@ from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
-from resnet_lit.training.finetune import apply_freeze, param_groups
+from resnet_lit.training.finetune import Freeze, apply_freeze, param_groups
 from resnet_lit.training.schedules import (
     OptimizerConfig,
     ScheduleConfig,
@@ -37,9 +37,6 @@ from resnet_lit.training.schedules import (
 from resnet_lit.training.train_accuracy import TrainAccuracy
 
 log = logging.getLogger("resnet_lit")
-
-Freeze = Literal["none", "backbone", "stage1", "stage2", "stage3", "stage4"]
-
 
 class ImageClassifier(pl.LightningModule):
     """Image classification with a residual network.
@@ -58,7 +55,8 @@ class ImageClassifier(pl.LightningModule):
         init_weights: weights to start from (a resnet-lit checkpoint, a state dict, a safetensors
             file or torchvision/timm weights), read when ``fit`` starts. Not a resume: ``--ckpt_path``
             resumes a run. ``resnet-lit validate/test/predict`` without ``--ckpt_path`` evaluate them.
-        freeze: ``none``, ``backbone`` (all but the classifier) or ``stageK`` (stem up to stage K).
+        freeze: ``none``, ``stem``, ``stageK`` (the stem and stages 1..K) or ``backbone`` (all but the
+            classifier); docs/finetune.md.
         optimizer: see ``OptimizerConfig``; lr is per ``reference_batch`` images.
         schedule: see ``ScheduleConfig``.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
@@ -166,6 +164,11 @@ class ImageClassifier(pl.LightningModule):
         self.train_accuracy.update(logits.detach(), y)
         if should_update_logs(self.trainer):  # self.log costs a fraction of a small net's GPU step
             self.log("train/loss", loss, prog_bar=True)
+            # the epoch's error so far (train/error is the whole epoch's, at its end), so that runs
+            # shorter than an epoch have a training-error curve too
+            rates = self.train_accuracy.compute(self._sum_over_ranks, self.device, reset=False)
+            if rates is not None:
+                self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -173,9 +176,12 @@ class ImageClassifier(pl.LightningModule):
         self.train_accuracy.reset()
 
     def on_train_epoch_end(self) -> None:
-        rates = self.train_accuracy.compute(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), self.device)
+        rates = self.train_accuracy.compute(self._sum_over_ranks, self.device)
         if rates is not None:  # None: nothing seen (an epoch end replayed after a resume), no made-up row
             self._log_accuracies("train", torch.tensor(rates[0]), torch.tensor(rates[1]))
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -7,13 +7,14 @@ Plain functions on the backbone (`ImageClassifier.model`), so they work on any o
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, get_args
 
 from torch import nn
 
 log = logging.getLogger("resnet_lit")
 
-FREEZE_CHOICES = ("none", "stem", "stage1", "stage2", "stage3", "stage4", "backbone")
+Freeze = Literal["none", "stem", "stage1", "stage2", "stage3", "stage4", "backbone"]  # --model.freeze
+FREEZE_CHOICES: tuple[str, ...] = get_args(Freeze)
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

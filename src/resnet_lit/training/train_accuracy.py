@@ -37,16 +37,18 @@ class TrainAccuracy:
     def reset(self) -> None:
         self.hits, self.seen = None, 0
 
-    def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor],
-                device: torch.device) -> tuple[float, float] | None:
+    def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                reset: bool = True) -> tuple[float, float] | None:
         """Top-1 and top-k accuracy over every rank (``reduce`` sums a tensor over ranks; every rank
-        calls it, even one with no batches), then reset; None when no rank saw an image."""
+        calls it, even one with no batches), then reset unless ``reset=False`` (the running figure
+        logged within an epoch); None when no rank saw an image."""
         local = torch.zeros(3, dtype=torch.long, device=device)
         if self.hits is not None:
             local[:2] = self.hits.to(device)
         local[2] = self.seen
         hits1, hits5, seen = reduce(local).tolist()
-        self.reset()
+        if reset:
+            self.reset()
         if seen == 0:
             return None
         return hits1 / seen, hits5 / seen
