@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -176,7 +177,11 @@ def test_finetune_config_runs_from_torchvision_weights(imagewoof_root: Path, tmp
         "--model.init_weights", str(weights), "--data.root", str(root), "--data.batch_size", "5",
         "--data.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
         "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--run_dir", str(run_dir),
+        "--trainer.log_every_n_steps", "1",
     ])  # fmt: skip
+    with open(run_dir / "metrics.csv", newline="") as f:  # the groups' lrs differ: one column each
+        lrs = [(float(r["lr/backbone"]), float(r["lr/head"])) for r in csv.DictReader(f) if r.get("lr/head")]
+    assert len(lrs) == 2 and all(backbone == pytest.approx(0.1 * head) for backbone, head in lrs)
     state, metadata = load_state_dict_file(run_dir / "checkpoints" / "last.ckpt")
     assert metadata["hparams"]["freeze"] == "stage1" and metadata["hparams"]["optimizer"]["backbone_lr_scale"] == 0.1
     assert metadata["class_names"] == sorted(p.name for p in (root / "train").iterdir())

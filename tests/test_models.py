@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -366,3 +368,20 @@ def test_create_model_with_weights_loads_them_strictly(tmp_path) -> None:
         create_model("resnet32", weights=path)
     with pytest.raises(ValueError, match="fc.weight"):  # the classifier must fit too: no silent re-init
         create_model("resnet20", num_classes=100, weights=path)
+
+
+def test_the_public_api_imports_from_the_top_level_and_create_model_needs_no_lightning() -> None:
+    code = (
+        "import sys, resnet_lit\n"
+        "from resnet_lit import create_model, list_models\n"
+        "model = create_model('resnet20')\n"
+        "assert 'lightning' not in sys.modules, 'create_model imported Lightning'\n"
+        "from resnet_lit import ImageClassifier, CIFARDataModule, ImageNetDataModule\n"
+        "from resnet_lit.training.classifier import ImageClassifier as C\n"
+        "assert ImageClassifier is C and 'resnet56' in list_models()\n"
+        "assert sorted(resnet_lit.__all__) == sorted(['__version__', *resnet_lit._PUBLIC])\n"
+        "print(type(model).__name__, CIFARDataModule.__name__, ImageNetDataModule.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["CifarResNet", "CIFARDataModule", "ImageNetDataModule"]

@@ -18,6 +18,8 @@ from typing import Any
 PRIVATE_NAMES = (
     # ImageClassifier.training_step logs train/loss only on steps the logger writes
     "Trainer._logger_connector.should_update_logs",
+    # runs.callbacks.LearningRate logs at the step Lightning's own loggers use
+    "Trainer.fit_loop.epoch_loop._batches_that_stepped",
     # ImageClassifier.on_save_checkpoint: in the validation after an epoch's last batch?
     "Trainer.fit_loop.epoch_loop.batch_progress.is_last_batch",
     "Trainer.fit_loop.epoch_loop.batch_progress.current.ready",
@@ -57,3 +59,8 @@ def save_checkpoint_unless_saved_this_step(callback: Any, trainer: Any) -> None:
     """A ``ModelCheckpoint`` without a monitor saves now, unless it already saved at this global step."""
     if trainer.global_step != callback._last_global_step_saved and not trainer.fast_dev_run:
         callback._save_none_monitor_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def logger_step(trainer: Any) -> int:
+    """The step Lightning's loggers write metrics at (optimiser steps, as ``self.log`` uses)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)

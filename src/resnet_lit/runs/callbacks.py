@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+
+from resnet_lit.lightning_private import logger_step, should_update_logs
 
 
 def _batch_size(batch: Any) -> int:
@@ -45,6 +47,49 @@ class Throughput(Callback):
             pl_module.log("train/images_per_s", self._images / elapsed, on_step=True, on_epoch=False,
                           rank_zero_only=True)
             self._t0, self._images = time.perf_counter(), 0
+
+
+class LearningRate(Callback):
+    """Logs the learning rate: one ``lr`` column while every parameter group has the same one (a
+    from-scratch run), ``lr/<group>`` columns when they differ (a fine-tune with
+    ``backbone_lr_scale``). Lightning's LearningRateMonitor writes one column per group always
+    (``lr-SGD/backbone`` and ``lr-SGD/head`` with equal values); the arguments are its own, so
+    configs that set ``lr_monitor.*`` keep working.
+    """
+
+    def __init__(self, logging_interval: Literal["step", "epoch"] | None = "step", log_momentum: bool = False,
+                 log_weight_decay: bool = False) -> None:
+        self.logging_interval = logging_interval
+        self.log_momentum = log_momentum
+        self.log_weight_decay = log_weight_decay
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.logging_interval != "epoch" and should_update_logs(trainer):
+            self._log(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.logging_interval != "step":
+            self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        if not trainer.loggers or not trainer.optimizers:
+            return
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        keys = [("lr", "lr")]
+        if self.log_momentum:
+            keys.append(("momentum", "betas" if "betas" in groups[0] else "momentum"))
+        if self.log_weight_decay:
+            keys.append(("weight_decay", "weight_decay"))
+        metrics: dict[str, float] = {}
+        for column, key in keys:
+            values = [float(g[key][0] if key == "betas" else g.get(key, 0.0)) for g in groups]
+            if len(set(values)) == 1:
+                metrics[column] = values[0]
+            else:
+                metrics.update({f"{column}/{g.get('name', i)}": v for i, (g, v) in enumerate(zip(groups, values))})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=logger_step(trainer))
 
 
 class LineProgress(ProgressBar):

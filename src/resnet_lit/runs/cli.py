@@ -19,7 +19,7 @@ from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -28,7 +28,7 @@ from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, wandb
 from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, resolve_ckpt_path
 from resnet_lit.checkpointing.weights import InitWeightsError, safe_torch_load
 from resnet_lit.data.decode import BadImageError
-from resnet_lit.runs.callbacks import Throughput, progress_bar
+from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.training.classifier import ImageClassifier
 
@@ -54,7 +54,7 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(RNGState, "rng_state")  # a resumed run draws what an uninterrupted one would
         parser.add_lightning_class_args(EpochEndLoopState, "epoch_end_loop_state")  # exact resume at an epoch end
         parser.add_lightning_class_args(Throughput, "throughput")  # train/images_per_s
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LearningRate, "lr_monitor")  # lr (one column unless groups differ)
         # predict: a CSV of top-5 classes per image (--predictions.output, default <run_dir>/predictions.csv)
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults({
