@@ -298,3 +298,13 @@ def test_init_weights_that_cannot_start_the_run_is_one_message(cache_dir, tmp_pa
     assert f"--model.init_weights {tmp_path / 'nope.pth'}: weights file not found" in err
     assert "--model.init_weights null" in err and "Traceback" not in err
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_flag_prints_the_package_version(flag, capsys):
+    from resnet_lit import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([flag])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"resnet-lit {__version__}\n"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet_lit import _moved
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the package version (pyproject.toml reads it); CHANGELOG.md
 
 _moved.install()  # old module paths (resnet_lit.module, resnet_lit.cli, ...) still import: see _moved.py
 

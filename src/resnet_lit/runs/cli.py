@@ -247,6 +247,11 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``resnet-lit`` and ``python -m resnet_lit``; tests call it in-process."""
     from_command_line = args is None
     args = list(sys.argv[1:] if args is None else args)
+    if args[:1] in (["--version"], ["-V"]):
+        from resnet_lit import __version__
+
+        print(f"resnet-lit {__version__}")
+        raise SystemExit(0)
     if args and args[0] in TOOLS:
         raise SystemExit(_run_tool(args[0], args[1:]))
     if not args or (args[0] not in SUBCOMMANDS and not args[0].startswith("-")):
