@@ -308,3 +308,22 @@ def test_version_flag_prints_the_package_version(flag, capsys):
         main([flag])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"resnet-lit {__version__}\n"
+
+
+def test_a_short_run_and_its_resume_print_no_lightning_noise(repo_root, cache_dir, tmp_path):
+    """What a user reads on stderr: the model line, and none of Lightning's messages that are noise for
+    our runs (runs/console.py lists them). Stopped before the first validation, then resumed."""
+    from fit_helpers import run_fit, small_fit_args
+
+    run_dir = tmp_path / "run"
+    args = small_fit_args(run_dir, subset=128, steps=2, cache_dir=cache_dir)
+    first = run_fit(repo_root, args)
+    again = run_fit(repo_root, [*small_fit_args(run_dir, subset=128, steps=3, cache_dir=cache_dir),
+                                "--ckpt_path", "last"])
+    for done in (first, again):
+        assert done.returncode == 0, done.stderr[-3000:]
+        output = done.stdout + done.stderr
+        for noise in ("srun", "Tip:", "LeafSpec", "FLOPs", "could not find the monitored key",
+                      "exists and is not empty"):
+            assert noise not in output, f"{noise!r} printed:\n{output[-3000:]}"
+    assert "resnet20: 0.27 M parameters, 40.55 M multiply-adds per 3x32x32 image" in first.stdout + first.stderr

@@ -29,6 +29,7 @@ from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, res
 from resnet_lit.checkpointing.weights import InitWeightsError, safe_torch_load
 from resnet_lit.data.decode import BadImageError
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
+from resnet_lit.runs.console import print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.training.classifier import ImageClassifier
 
@@ -66,6 +67,7 @@ class ResNetCLI(LightningCLI):
             "checkpoint.filename": "best-{epoch:03d}-{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "trainer.enable_model_summary": False,  # one line of our own instead (runs/console.py)
         })
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
@@ -130,6 +132,9 @@ class ResNetCLI(LightningCLI):
         return super().instantiate_trainer(plugins=plugins, **kwargs)
 
     def before_fit(self) -> None:
+        if self.config_init[self.subcommand].get("ckpt_path"):
+            silence_resume_noise()
+        print_model_line(self.model)
         _cpu_note(self.trainer, self.model)
 
     def _evaluate_init_weights(self) -> None:
@@ -259,6 +264,7 @@ def main(args: list[str] | None = None) -> None:
         _fail(f"give a command: {', '.join(SUBCOMMANDS)}, or a tool: {', '.join(TOOLS)}.{given} "
               "`resnet-lit --help` and `resnet-lit fit --help` list the options.")
     _check_config_files(args)
+    silence_noise()
     try:
         _cli(None if from_command_line else args)
     except ArgumentError as error:

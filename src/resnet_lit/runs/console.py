@@ -1,0 +1,75 @@
+"""What a run prints besides progress: one line about the model, and none of Lightning's messages
+that are noise for resnet-lit runs.
+
+Silenced (each is true in general, but says nothing a resnet-lit user can act on):
+
+- the ``srun`` hint, outside a SLURM allocation (SLURM installed on the machine, no job running);
+  inside a job (``SLURM_JOB_ID`` set) it stays: there it points at a real mistake;
+- the tips advertising Lightning's cloud services;
+- ``isinstance(treespec, LeafSpec)`` deprecation: raised inside Lightning by newer torch;
+- "Checkpoint directory ... exists and is not empty" when a run resumes (the directory is its own);
+  a new run into a used directory is refused by the CLI before it starts;
+- "ModelCheckpoint(monitor='val/error') could not find the monitored key" when a run stops
+  before its first validation: ``best-*.ckpt`` is written at the first validation.
+
+Lightning's model summary table is replaced by :func:`model_line` (its FLOPs column reads 0
+without an example input): parameters and the paper's multiply-adds, counted on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+_NOISE = (
+    r"isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"`ModelCheckpoint\(monitor='val/error'\)` could not find the monitored key",
+)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def silence_noise() -> None:
+    """Filter the messages listed in this module's docstring, for this process."""
+    for message in _NOISE:
+        warnings.filterwarnings("ignore", message=f".*{message}")
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used")
+    for name in ("lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
+                 "lightning.pytorch.trainer.connectors.callback_connector", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+
+
+def silence_resume_noise() -> None:
+    """A resumed run writes into its own checkpoint directory: Lightning's warning about it is noise."""
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
+
+
+def model_line(module: Any) -> str | None:
+    """'resnet20: 0.27 M parameters, 40.55 M multiply-adds per 3x32x32 image' for an ImageClassifier."""
+    from resnet_lit.models import ARCHS, count_flops, count_params
+
+    net, arch = getattr(module, "model", None), getattr(module, "hparams", {}).get("arch")
+    if net is None or arch not in ARCHS:
+        return None
+    size = 32 if ARCHS[arch].family.startswith("cifar") else 224
+    channels = int(module.hparams.get("in_chans", 3))
+    flops = count_flops(net, (1, channels, size, size))
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    total = count_params(net)
+    frozen = f" ({(total - trainable) / 1e6:.2f} M frozen)" if trainable != total else ""
+    return (f"{arch}: {total / 1e6:.2f} M parameters{frozen}, {flops / 1e6:.2f} M multiply-adds "
+            f"per {channels}x{size}x{size} image")
+
+
+def print_model_line(module: Any) -> None:
+    line = model_line(module)
+    if line:
+        rank_zero_info(line)
