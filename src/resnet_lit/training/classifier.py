@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, train_counts_of
+from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
+from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
@@ -137,7 +138,9 @@ class ImageClassifier(pl.LightningModule):
         ``num_classes_change="error"``: a classifier re-initialised at random measures nothing."""
         try:
             load_weights(self.model, self.hparams.init_weights, num_classes_change=num_classes_change)  # in place
-        except (OSError, ValueError) as error:  # missing, unreadable, unsafe, or another net's weights
+        except CheckpointFileError as error:  # empty, cut short, not weights: the message names the file
+            raise InitWeightsError(f"init_weights: {error}") from error
+        except (OSError, ValueError) as error:  # missing, unsafe, or another net's weights
             raise InitWeightsError(f"init_weights {self.hparams.init_weights}: {error}") from error
         rank_zero_info(f"initial weights from {self.hparams.init_weights}")
 
@@ -256,6 +259,7 @@ class ImageClassifier(pl.LightningModule):
             add_wandb_run_id(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_format(checkpoint)  # a newer resnet-lit's checkpoint: one clear line, before any key is read
         # A run resumed mid-epoch carries on with the counts of the epoch's first part. They are
         # rank 0's (only rank 0 writes the checkpoint), so the other ranks start from zero and the
         # epoch's figure covers rank 0's whole share and every rank's rest: no image twice.
