@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .cache import cache_root, load_tensors, save_tensors, source_key
-from .decode import BadImageError, bad_image_message, decode_rgb
+from .decode import BadImageError, bad_image_message, decode_rgb, skipped_message
 from .folder import check_same_classes, find_archive, iter_tar_images, scan_image_folder, shown
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def _decode_all(items, on_bad_image: str) -> tuple[list[torch.Tensor], list[str]
         except BadImageError as exc:
             if on_bad_image != "skip":
                 raise
-            log.warning("skipping %s", exc)
+            log.warning("%s", skipped_message(exc))
             skipped += 1
             continue
         images.append(x)
