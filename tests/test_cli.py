@@ -14,6 +14,8 @@ import torch
 import yaml
 from fit_helpers import small_fit_args
 
+import resnet_lit
+from resnet_lit.checkpointing.contents import FORMAT
 from resnet_lit.runs.cli import main
 from resnet_lit.training.classifier import ImageClassifier
 
@@ -95,6 +97,7 @@ def test_checkpoint_reloads_in_a_fresh_process_with_identical_logits(trained_run
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert raw["resnet_lit"]["arch_spec"]["name"] == "resnet20"
     assert raw["resnet_lit"]["arch_spec"]["shortcut"] == "A"
+    assert (raw["resnet_lit"]["version"], raw["resnet_lit"]["format"]) == (resnet_lit.__version__, FORMAT)
 
 
 def test_validate_and_test_from_checkpoint(trained_run, cache_dir, capsys):

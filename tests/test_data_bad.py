@@ -234,3 +234,71 @@ def test_skipped_images_are_summed_over_ranks() -> None:
     assert out[0] is x and out[1].tolist() == [0, 1]
     assert dm.num_skipped == 1  # this rank's own
     assert logged == [({"data/skipped_images": 2.0}, 7)]
+
+
+def _eval_command(command: str, root: Path, weights: Path, run_dir: Path, devices: int) -> list[str]:
+    args = [command, "--data", "resnet_lit.data.ImageNetDataModule", "--data.root", str(root),
+            "--data.on_bad_image", "skip", "--data.eval_batch_size", "4", "--data.num_workers", "0",
+            "--data.cache_dir", str(root / "cache"), "--model.arch", "resnet20", "--model.width", "0.25",
+            "--model.init_weights", str(weights), "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
+            "--trainer.enable_progress_bar", "false", "--run_dir", str(run_dir)]
+    if devices > 1:
+        args += ["--config", "configs/trainer/ddp_cpu.yaml"]
+    if command == "predict":
+        args += ["--data.predict_path", str(root / "val")]
+    return args
+
+
+@pytest.mark.parametrize("command, devices", [
+    ("validate", 1), ("test", 1), ("predict", 1),
+    pytest.param("validate", 2, marks=pytest.mark.slow), pytest.param("test", 2, marks=pytest.mark.slow),
+])
+def test_skip_evaluates_each_readable_image_once(command: str, devices: int, repo_root: Path, tmp_path: Path,
+                                                 woof_jpegs: list[bytes]) -> None:
+    """A real folder with 10 readable and 4 unreadable validation images, evaluated by a real ``resnet-lit``
+    process (and by two, under DDP with gloo): exactly the 10 are counted, with the accuracies and loss
+    of the same folder without the bad files; the 4 are logged as skipped, summed over ranks."""
+    import csv
+    import subprocess
+    import sys
+
+    from fit_helpers import fit_env
+
+    from resnet_lit.models import create_model
+    from resnet_lit.training.classifier import ImageClassifier
+
+    clean = write_tree(tmp_path / "clean", woof_jpegs, per_class=5)
+    root = write_tree(tmp_path / "bad", woof_jpegs, per_class=5)
+    for i, (name, data) in enumerate(bad_files(woof_jpegs[0]).items()):  # in both classes, mid-batch
+        (root / "val" / "ab"[i % 2] / f"{i}{name}").write_bytes(data)
+    weights = tmp_path / "resnet20.pt"
+    torch.manual_seed(0)
+    torch.save(create_model("resnet20", num_classes=2, width=0.25).state_dict(), weights)
+
+    env = {**fit_env(), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"),
+                           *_eval_command(command, root, weights, tmp_path / "run", devices)],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Skipped (on_bad_image='skip')" in done.stderr and "or pass on_bad_image='skip'" not in done.stderr
+    if command == "predict":  # one row per readable image, none for the bad ones or their stand-ins
+        with open(tmp_path / "run" / "predictions.csv", newline="") as f:
+            files = [row["file"] for row in csv.DictReader(f)]
+        good = sorted(str(p) for p in (root / "val").rglob("*.JPEG") if len(p.stem) == 1)  # 0.JPEG ... 4.JPEG
+        assert sorted(files) == good and len(good) == 10
+        return
+    with open(tmp_path / "run" / command / "metrics.csv", newline="") as f:
+        got = {k: float(v) for row in csv.DictReader(f) for k, v in row.items() if v and "/" in k}
+    stage = "val" if command == "validate" else "test"
+    assert got[f"{stage}/images"] == 10 and got[f"{stage}/skipped_images"] == 4
+
+    model = ImageClassifier(arch="resnet20", num_classes=2, width=0.25, init_weights=str(weights))
+    model.load_init_weights(num_classes_change="error")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    dm = ImageNetDataModule(str(clean), eval_batch_size=4, num_workers=0, cache_dir=str(clean / "cache"))
+    expected = (trainer.validate if command == "validate" else trainer.test)(model, datamodule=dm, verbose=False)[0]
+    assert expected[f"{stage}/images"] == 10 and f"{stage}/skipped_images" not in expected
+    for name in ("acc1", "acc5", "error"):
+        assert got[f"{stage}/{name}"] == pytest.approx(float(expected[f"{stage}/{name}"]), abs=1e-6)
+    assert got[f"{stage}/loss"] == pytest.approx(float(expected[f"{stage}/loss"]), rel=1e-5)

@@ -2,7 +2,9 @@
 
 Lightning saves weights, optimiser, schedule, loop counters and callback states. resnet-lit adds:
 
-* ``checkpoint["resnet_lit"]``: what the weights are (``arch_spec``, ``class_names``), for loaders
+* ``checkpoint["resnet_lit"]``: which resnet-lit wrote it (``version``) in which layout (``format``,
+  ``FORMAT`` below: a reader refuses a newer format with one line rather than misread it), and
+  what the weights are (``arch_spec``, ``class_names``), for loaders
   that never build the LightningModule (``export``, ``init_weights``), and, in a checkpoint taken
   inside an epoch, the epoch's training-accuracy counts (``train_counts``, from ``TrainAccuracy``);
 * ``checkpoint["wandb_run_id"]``: a resumed run logs on into the same wandb run;
@@ -17,6 +19,8 @@ Everything is plain data (tensors, numbers, strings, lists, dicts): checkpoints 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,8 +28,15 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from resnet_lit import __version__
+from resnet_lit.checkpointing.readable import CheckpointFileError
+
 RECORD_KEY = "resnet_lit"
 WANDB_KEY = "wandb_run_id"
+# The layout of what resnet-lit writes into a checkpoint (this module). Raise it when a change would make
+# an older resnet-lit misread a new checkpoint; readers then refuse checkpoints of a newer format.
+# Checkpoints written before the number (resnet-lit 0.1.0) have this layout: format 1.
+FORMAT = 1
 
 
 def add_model_record(
@@ -33,9 +44,26 @@ def add_model_record(
     train_counts: dict[str, int] | None = None,
 ) -> None:
     """Write what the weights are (and, inside an epoch, the epoch's training counts so far)."""
-    checkpoint[RECORD_KEY] = {"arch_spec": dict(arch_spec), "class_names": class_names}
+    checkpoint[RECORD_KEY] = {"version": __version__, "format": FORMAT, "arch_spec": dict(arch_spec),
+                              "class_names": class_names}
     if train_counts is not None:
         checkpoint[RECORD_KEY]["train_counts"] = train_counts
+
+
+def check_format(checkpoint: Mapping[str, Any], path: str | Path | None = None) -> None:
+    """``CheckpointFileError`` if a newer resnet-lit wrote ``checkpoint`` in a format this one cannot read."""
+    record = checkpoint.get(RECORD_KEY)
+    if not isinstance(record, Mapping):
+        return  # no resnet-lit record: another program's Lightning checkpoint, read as such
+    written = record.get("format", 1)
+    if isinstance(written, int) and not isinstance(written, bool) and written <= FORMAT:
+        return
+    name = f"{path}" if path is not None else "this checkpoint"
+    raise CheckpointFileError(
+        f"{name} was written by resnet-lit {record.get('version', '?')} in checkpoint format {written!r}; "
+        f"this resnet-lit {__version__} reads formats up to {FORMAT}. Upgrade resnet-lit to read it "
+        "(pip install -U resnet-lit)."
+    )
 
 
 def train_counts_of(checkpoint: dict[str, Any]) -> dict[str, int] | None:

@@ -10,7 +10,8 @@ Sources accepted by `load_state_dict_file`:
 
 Security: a pickle can run arbitrary code when it is unpickled, so every `torch.load` here uses
 `weights_only=True` (tensors and plain containers only); a file that needs anything else is refused
-with `UnsafeCheckpointError`. safetensors files hold no code at all.
+with `UnsafeCheckpointError`. safetensors files hold no code at all. A file that is empty, cut short or
+not a checkpoint at all raises `CheckpointFileError` (readable.py), one line naming the file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from resnet_lit.checkpointing.contents import check_format
+from resnet_lit.checkpointing.readable import empty_file_error, is_torch_zip, unreadable
 
 log = logging.getLogger("resnet_lit")
 
@@ -55,8 +59,12 @@ class UnsafeCheckpointError(ValueError):
 
 
 def safe_torch_load(path: str | Path) -> Any:
-    """`torch.load` restricted to tensors and plain containers, memory-mapped where the format allows."""
+    """`torch.load` restricted to tensors and plain containers, memory-mapped where the format allows.
+    `CheckpointFileError` when the file is empty, cut short or not a torch file at all."""
     path = Path(path)
+    empty = empty_file_error(path)
+    if empty is not None:
+        raise empty
     safe = getattr(torch.serialization, "safe_globals", None)
 
     def load(mmap: bool) -> Any:
@@ -76,7 +84,11 @@ def safe_torch_load(path: str | Path) -> Any:
             if "mmap" not in str(e) and "zip" not in str(e):
                 raise
             return load(mmap=False)
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # noqa: BLE001 - garbage makes the unpickler fail in any way (KeyError, IndexError...)
+        if not isinstance(e, pickle.UnpicklingError) or not (is_torch_zip(path) or "GLOBAL" in str(e)):
+            if is_torch_zip(path):
+                raise  # a whole torch file that fails for another reason: torch's own message
+            raise unreadable(path, e) from None
         first = str(e).strip().splitlines()
         detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
         detail = detail.split(". Please use", 1)[0]  # not torch's advice to allow-list what the file asks for
@@ -96,15 +108,22 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
+    empty = empty_file_error(path)
+    if empty is not None:
+        raise empty
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path), device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError)
+        raise unreadable(path, e) from None
     metadata: dict[str, Any] = {}
     for key, value in header.items():  # header values are strings; ours hold JSON
         try:
             metadata[key] = json.loads(value)
         except (json.JSONDecodeError, TypeError):
             metadata[key] = value
-    return load_file(str(path), device="cpu"), metadata
+    return tensors, metadata
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -180,6 +199,7 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     obj = safe_torch_load(path)
     metadata: dict[str, Any] = {}
     if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
+        check_format(obj, path)  # a newer resnet-lit's checkpoint: say so rather than misread it
         hparams = _plain(obj.get("hyper_parameters") or {})
         metadata = {"source": "lightning", "hparams": hparams}
         recorded = obj.get("resnet_lit") if isinstance(obj.get("resnet_lit"), Mapping) else {}

@@ -219,7 +219,7 @@ def export_program(model: nn.Module, path: str | Path, image_size: int = 224, at
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-lit export", description=__doc__,
+    p = argparse.ArgumentParser(prog="resnet-lit export", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a resnet-lit .ckpt, .safetensors, or a state dict .pt/.pth (then give --arch)")
     p.add_argument("--format", required=True, choices=list(FORMATS))

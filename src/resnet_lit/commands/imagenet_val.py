@@ -107,7 +107,8 @@ def sort_val(val_dir: Path, labels: dict[str, str], out: Path | None = None, mod
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="resnet-lit imagenet-val", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="resnet-lit imagenet-val", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
     p.add_argument("val_dir", type=Path, help="the flat folder of ILSVRC2012_val_*.JPEG files")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--devkit", type=Path, help="ILSVRC2012_devkit_t12 folder or .tar.gz")

@@ -202,6 +202,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="resnet-lit report",
         description="Figure 6-style plots and a table of final errors from the CSV logs of runs.",
+        allow_abbrev=False,
     )
     parser.add_argument("runs", nargs="+", help="run folders (a metrics.csv anywhere below) or metrics.csv files")
     parser.add_argument(

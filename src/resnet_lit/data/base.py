@@ -4,7 +4,7 @@ Each argument of a DataModule is declared once, in its ``__init__`` signature: L
 from there, ``save_hyperparameters`` stores it in checkpoints, and the code reads it back from
 ``self.hparams``. This base builds the loaders from each rank's shard (``ShardSampler``), keeps one
 copy of the normalisation statistics per device, and runs the batch hooks: skipped-image counting
-on the host before the transfer, ``transform_batch`` on whole batches on the device after it.
+and masking on the host before the transfer, ``transform_batch`` on whole batches on the device after it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from resnet_lit.lightning_private import should_update_logs
 
+from .decode import SKIPPED_LABEL
 from .folder import default_num_workers
 from .sharding import ShardSampler
 
@@ -87,12 +88,17 @@ class ImageDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # ImageFiles batches are (x, target, bad): count skipped images while the counts are still on
-        # the host (no device sync per step).
+        # the host (no device sync per step). In training the substitute for a bad image is learnt from
+        # (the batch keeps its static shape); in validation and test its label becomes SKIPPED_LABEL,
+        # which the loss and the metrics ignore, and in predict its row is dropped from the output.
         if isinstance(batch, (list, tuple)) and len(batch) == 3:
             x, target, bad = batch
             self._count_skipped(bad)
-            if isinstance(target, tuple):  # predict: default_collate gives the paths as a tuple
-                target = list(target)
+            evaluating = self.trainer is not None and not self.trainer.training
+            if isinstance(target, (tuple, list)):  # predict: paths (default_collate gives a tuple)
+                target = [None if evaluating and b else p for p, b in zip(target, bad.tolist())]
+            elif evaluating and bool(bad.any()):
+                target = target.masked_fill(bad.bool(), SKIPPED_LABEL)
             return x, target
         return batch
 

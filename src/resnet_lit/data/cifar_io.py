@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .cache import cache_root, load_tensors, save_tensors, source_key
-from .decode import BadImageError, bad_image_message, decode_rgb
+from .decode import BadImageError, bad_image_message, decode_rgb, skipped_message
 from .folder import check_same_classes, find_archive, iter_tar_images, scan_image_folder, shown
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def _decode_all(items, on_bad_image: str) -> tuple[list[torch.Tensor], list[str]
         except BadImageError as exc:
             if on_bad_image != "skip":
                 raise
-            log.warning("skipping %s", exc)
+            log.warning("%s", skipped_message(exc))
             skipped += 1
             continue
         images.append(x)
@@ -200,31 +201,60 @@ def class_names(root: str | os.PathLike) -> list[str] | None:
     return None
 
 
+class DownloadError(RuntimeError):
+    """CIFAR could not be downloaded: one line naming the URL and the folder, and what to do instead."""
+
+
 def ensure_downloaded(root: str | os.PathLike, dataset: str) -> None:
     """Download ``dataset`` into ``root`` unless data is there, once however many processes ask: they
-    take turns on a lock file in ``root``, and the ones after the first find the data."""
+    take turns on a lock file in ``root``, and the ones after the first find the data. A failed or
+    interrupted download leaves nothing behind: no partial file, no lock file, no empty folder."""
     import fcntl
 
     root = Path(root).expanduser()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # deepest first: removed in this order
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".resnet_lit-download.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        try:
-            detect_source(root)
-        except FileNotFoundError:
-            download_cifar(root, dataset)
+    before = set(os.listdir(root))
+    try:
+        with open(root / ".resnet_lit-download.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not _has_data(root):
+                download_cifar(root, dataset)
+    except BaseException:
+        for name in set(os.listdir(root)) - before:
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another process put something there
+                break
+        raise
+
+
+def _has_data(root: Path) -> bool:
+    try:
+        detect_source(root)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def download_cifar(root: str | os.PathLike, dataset: str) -> None:
-    """Fetch torchvision's pickled CIFAR into ``root``; a clear error when offline."""
+    """Fetch torchvision's pickled CIFAR into ``root``; ``DownloadError`` (one line) when that fails."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR10 if dataset == "cifar10" else CIFAR100
     try:
         cls(str(root), train=True, download=True)
     except Exception as exc:  # URLError, socket errors, checksum failures
-        raise RuntimeError(
-            f"could not download {dataset} into {root} ({type(exc).__name__}: {exc}). On a machine without "
-            f"internet access, copy torchvision's {PICKLE_DIRS[dataset]}/ folder (or train.tar.gz + test.tar.gz "
-            f"of image folders) into {root} and pass download=False."
-        ) from exc
+        reason = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__
+        raise DownloadError(
+            f"could not download {dataset} from {cls.url} into {root} ({type(exc).__name__}: {reason}). "
+            f"Without internet access here, download {cls.url} on another machine and unpack it into {root} "
+            f"(it holds {PICKLE_DIRS[dataset]}/), or put train.tar.gz + test.tar.gz of class folders there "
+            "(the layout of ../shared/data/cifar10-jpeg, docs/data.md); then run without --data.download."
+        ) from None

@@ -20,16 +20,24 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+# The target of an image that ``on_bad_image="skip"`` replaced in an evaluation batch: the loss and the
+# metrics ignore it (it is the ``ignore_index`` of torch's cross-entropy and of torchmetrics), so
+# evaluation counts each readable image once and never the neighbour that stood in for a bad one.
+SKIPPED_LABEL = -100
+_ADVICE = "Delete or replace the file, or pass on_bad_image='skip' to skip and count such files."
+
 
 class BadImageError(ValueError):
     """A file that is missing, empty, truncated or not an image; the message names it."""
 
 
 def bad_image_message(name: str, reason: str) -> str:
-    return (
-        f"bad image file {name}: {reason}. Delete or replace the file, or pass "
-        f"on_bad_image='skip' to skip and count such files."
-    )
+    return f"bad image file {name}: {reason}. {_ADVICE}"
+
+
+def skipped_message(error: BadImageError) -> str:
+    """What skip mode logs for a bad file: what is wrong with it, not the advice to turn skip on."""
+    return str(error).replace(f" {_ADVICE}", "") + " Skipped (on_bad_image='skip'); replace the file to use it."
 
 
 def _tv_decode_jpeg(data: bytes) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .cache import cache_root, publish_dir, source_key
-from .decode import BadImageError, bad_image_message
+from .decode import BadImageError, bad_image_message, skipped_message
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,8 @@ class ImageFiles(Dataset):
 
     ``bad`` is 1 when the requested file was unreadable and ``on_bad_image="skip"`` substituted the
     next readable file (so batch shapes stay static); it travels with the batch so the count
-    reaches the main process from any worker.
+    reaches the main process from any worker, and so evaluation can leave the substitute out
+    (``ImageDataModule.on_before_batch_transfer``): training learns from it, evaluation never counts it.
     """
 
     def __init__(
@@ -252,7 +253,7 @@ class ImageFiles(Dataset):
         except BadImageError as exc:
             if self.on_bad_image != "skip":
                 raise
-            log.warning("skipping %s", exc)
+            log.warning("%s", skipped_message(exc))
         for k in range(1, min(len(self), 100)):  # substitute the next readable image
             j = (i + k) % len(self)
             try:

@@ -88,7 +88,8 @@ class ImageNetDataModule(ImageDataModule):
             num_workers: decoding processes per device (default min(8, CPUs)).
             seed: seeds the per-epoch shuffling (augmentation randomness follows Lightning's seed).
             on_bad_image: "error": an unreadable image stops the run, naming the file; "skip": it is
-                replaced by the next readable one and counted (logged as ``data/skipped_images``).
+                counted (logged as ``data/skipped_images``) and, in training, replaced by the next
+                readable one; validation and test leave it out (``val/images`` counts the rest).
             scan: check every file once before training (decoding at 1/8 size) so a bad file is
                 reported before the first step, not hours in; with "skip" the bad files are dropped.
             cache_dir: where archives are extracted (default ``$RESNET_LIT_CACHE`` or ``~/.cache/resnet_lit``).

@@ -24,12 +24,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
-from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, wandb_run_id_of
+from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, check_format, wandb_run_id_of
+from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, resolve_ckpt_path
-from resnet_lit.checkpointing.weights import InitWeightsError, safe_torch_load
+from resnet_lit.checkpointing.weights import InitWeightsError, UnsafeCheckpointError, safe_torch_load
+from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import print_model_line, silence_noise, silence_resume_noise
+from resnet_lit.runs.flag_errors import one_line, option_strings
 from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.training.classifier import ImageClassifier
 
@@ -46,6 +49,7 @@ class ResNetCLI(LightningCLI):
     """LightningCLI with the run directory, checkpointing and logging resnet-lit runs share."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.__dict__.setdefault("_option_parsers", []).append(parser)  # for "did you mean" (flag_errors.py)
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Directory of this run (config, metrics, checkpoints). Default: runs/<model.arch>.")
         # Forced callbacks (Lightning's documented way): every run has them, config.yaml shows them under
@@ -72,6 +76,30 @@ class ResNetCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            line = one_line(str(error), option_strings(getattr(self, "_option_parsers", [])),
+                            list(sys.argv[1:] if args is None else args))
+            if line is None:
+                raise
+            command = next((a for a in (sys.argv[1:] if args is None else args) if a in SUBCOMMANDS), "")
+            _fail(f"{line} (`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
+        # Lightning reads the checkpoint's hyperparameters next, with torch.load: a broken file would end
+        # in its traceback. Read it here first: a broken or newer checkpoint is named in one line.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self._checkpoint: tuple[str, dict[str, Any]] | None = None
+        if ckpt_path and Path(ckpt_path).is_file():
+            self._checkpoint = (ckpt_path, _read_checkpoint(ckpt_path))
+
+    def _checkpoint_at(self, path: str) -> dict[str, Any]:
+        """The checkpoint at ``path``, read once (``_read_checkpoint``) however many readers ask."""
+        if self._checkpoint is None or self._checkpoint[0] != path:
+            self._checkpoint = (path, _read_checkpoint(path))
+        return self._checkpoint[1]
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir or Path("runs") / config.model.arch)
@@ -92,12 +120,13 @@ class ResNetCLI(LightningCLI):
             config.ckpt_path = ckpt_path = str(last)
         if ckpt_path and not Path(ckpt_path).is_file():
             _fail(f"--ckpt_path {ckpt_path}: no such file.")
+        checkpoint = self._checkpoint_at(ckpt_path) if ckpt_path else None  # last, auto: read here
         if ckpt_path and getattr(config, "weights_only", False) is None:
             config.weights_only = True  # our checkpoints hold plain data: never unpickle code
         if self.subcommand == "fit" and not ckpt_path:
             _refuse_to_overwrite(Path(config.checkpoint.dirpath), run_dir)
-        if self.subcommand == "predict" and ckpt_path:
-            _classes_from_checkpoint(config, ckpt_path)
+        if self.subcommand == "predict" and checkpoint is not None:
+            _classes_from_checkpoint(config, checkpoint)
         if self.subcommand in ("validate", "test", "predict") and not ckpt_path and not config.model.init_weights:
             _fail(
                 f"{self.subcommand} needs trained weights, or it would evaluate a randomly initialised network: "
@@ -107,15 +136,17 @@ class ResNetCLI(LightningCLI):
             )
         # validate/test/predict log beside the training run, never over its metrics.csv and config.yaml
         log_dir = run_dir if self.subcommand == "fit" else run_dir / str(self.subcommand)
+        run_id = wandb_run_id_of(checkpoint) if checkpoint is not None else None
         for logger in _as_list(config.trainer.logger):
-            _place_logger(logger, log_dir, ckpt_path, appending=self.subcommand == "fit")
+            _place_logger(logger, log_dir, run_id, appending=self.subcommand == "fit")
+        self._checkpoint = None  # Lightning reads the file again when it restores: no copy kept meanwhile
 
     def instantiate_classes(self) -> None:
         # A bad value the parser could not see (an unknown arch, a data folder that is not there)
         # is a user's mistake: one message, not a traceback.
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        except (ValueError, FileNotFoundError, NotADirectoryError, DownloadError) as error:
             _fail(str(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -175,7 +206,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None, appending: bool) -> None:
+def _place_logger(logger: Any, run_dir: Path, run_id: str | None, appending: bool) -> None:
     """Put every logger's files inside the run directory, and let a resumed wandb run keep its id."""
     class_path = str(logger.class_path)
     args = logger.init_args
@@ -188,25 +219,34 @@ def _place_logger(logger: Any, run_dir: Path, ckpt_path: str | None, appending: 
         args.save_dir, args.name, args.version = str(run_dir), "tensorboard", ""
     elif name == "WandbLogger":
         args.save_dir = str(run_dir)
-        run_id = _wandb_id_from_checkpoint(ckpt_path) if ckpt_path else None
         if run_id:
             args.id = run_id
             args.resume = "allow"  # a WandbLogger parameter; a dict_kwargs entry fails config validation
 
 
-def _classes_from_checkpoint(config: Any, ckpt_path: str) -> None:
+def _classes_from_checkpoint(config: Any, checkpoint: dict[str, Any]) -> None:
     """predict: the class names the checkpoint was trained with, so that the DataModule need not read
     them from training folders that may not be on this machine."""
     init_args = getattr(config.data, "init_args", None)
     if init_args is None or "classes" not in init_args or init_args.classes is not None:
         return  # a DataModule without the option, or classes given by the user
-    hparams = safe_torch_load(ckpt_path).get("hyper_parameters", {})
+    hparams = checkpoint.get("hyper_parameters", {})
     if hparams.get("class_names"):
         init_args.classes = list(hparams["class_names"])
 
 
-def _wandb_id_from_checkpoint(path: str) -> str | None:
-    return wandb_run_id_of(safe_torch_load(path))
+def _read_checkpoint(path: str) -> dict[str, Any]:
+    """A Lightning checkpoint that this resnet-lit can resume or evaluate, or one line saying why not."""
+    try:
+        checkpoint = safe_torch_load(path)
+        if isinstance(checkpoint, dict) and "state_dict" in checkpoint and "pytorch-lightning_version" in checkpoint:
+            check_format(checkpoint, path)
+            return checkpoint
+    except (CheckpointFileError, UnsafeCheckpointError) as error:
+        _fail(f"--ckpt_path {error}")
+    _fail(f"--ckpt_path {path} holds weights, not a training checkpoint (no Lightning state_dict and loop state): "
+          f"to start from these weights, pass --model.init_weights {path} instead.")
+    raise AssertionError  # _fail exits
 
 
 def _refuse_to_overwrite(checkpoint_dir: Path, run_dir: Path) -> None:
@@ -271,9 +311,13 @@ def main(args: list[str] | None = None) -> None:
         # jsonargparse would print a page of usage first; the message alone names the key.
         command = " ".join(a for a in args[:1] if a in SUBCOMMANDS)
         _fail(f"{str(error).strip()}\n(`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
+    except DownloadError as error:  # raised where prepare_data downloads, after the classes are built
+        _fail(str(error))
     except BadImageError as error:  # the message names the file and the two ways on
         _fail(f"{_worker_message(error)} (On the command line: --data.on_bad_image skip.)")
     except InitWeightsError as error:  # raised when the run starts, after the parser and the classes
+        if isinstance(error.__cause__, CheckpointFileError):  # the file itself is broken: the line says it all
+            _fail(f"--model.{error}")
         if args[0] == "fit":
             _fail(f"--model.{error}\nGive a file to start from (a resnet-lit .ckpt, a torchvision or timm "
                   ".pth, a .safetensors), or --model.init_weights null for random weights.")
@@ -298,6 +342,8 @@ def _cli(args: list[str] | None) -> ResNetCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},  # a resumed run rewrites the same config.yaml
         auto_configure_optimizers=False,  # the optimiser and schedule are the model's (plain data)
-        parser_kwargs={"description": __doc__, "exit_on_error": False},
+        # No abbreviations, here or in the subcommands: --trainer.max_step must not set max_steps.
+        parser_kwargs={"description": __doc__, "exit_on_error": False, "allow_abbrev": False,
+                       **{name: {"allow_abbrev": False} for name in SUBCOMMANDS}},
         args=args,
     )

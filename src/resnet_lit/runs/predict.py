@@ -90,13 +90,15 @@ class PredictionWriter(BasePredictionWriter):
         if self._names is None:
             self._names = class_names_for(pl_module, trainer, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
+        # A path of None: an unreadable image that on_bad_image="skip" stood a neighbour in for; no row.
+        rows = [(path, ps, idx) for path, ps, idx in zip(paths, top_p.tolist(), top_i.tolist()) if path is not None]
         with self.partial.open("a", newline="") as f:
             writer = csv.writer(f)
-            if self._rows == 0:
+            if f.tell() == 0:
                 writer.writerow(["file"] + [c for j in range(1, k + 1) for c in (f"class{j}", f"prob{j}")])
-            for path, ps, idx in zip(paths, top_p.tolist(), top_i.tolist()):
+            for path, ps, idx in rows:
                 writer.writerow([str(path)] + [v for p, i in zip(ps, idx) for v in (self._names[i], f"{p:.6f}")])
-        self._rows += len(paths)
+        self._rows += len(rows)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.partial is not None and self.path is not None

@@ -18,10 +18,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, train_counts_of
+from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
+from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
+from resnet_lit.data.decode import SKIPPED_LABEL
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.finetune import Freeze, apply_freeze, param_groups
@@ -104,10 +107,16 @@ class ImageClassifier(pl.LightningModule):
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._top5 = min(5, num_classes)
+        # Evaluation counts each readable image once: a batch slot whose image was unreadable (skip mode)
+        # has the label SKIPPED_LABEL, which the accuracies ignore and the loss and image counts leave out.
+        # validate_args=False and nan_strategy="disable": the checks would sync the GPU on every step.
         self.metrics = nn.ModuleDict({
-            # validate_args=False: the checks call torch.unique, a GPU sync on every step
-            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro", validate_args=False)
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro", validate_args=False,
+                                                  ignore_index=SKIPPED_LABEL)
             for stage in ("val", "test") for name, k in (("acc1", 1), ("acc5", self._top5))
+        } | {  # summed over the epoch and, under DDP, over ranks (no state in the state dict)
+            f"{stage}_{name}": SumMetric(nan_strategy="disable")
+            for stage in ("val", "test") for name in ("loss_sum", "images", "skipped")
         })
         self.train_accuracy = TrainAccuracy(self._top5)  # counted on the hot path, not by torchmetrics
         self._compiled = False
@@ -135,7 +144,9 @@ class ImageClassifier(pl.LightningModule):
         ``num_classes_change="error"``: a classifier re-initialised at random measures nothing."""
         try:
             load_weights(self.model, self.hparams.init_weights, num_classes_change=num_classes_change)  # in place
-        except (OSError, ValueError) as error:  # missing, unreadable, unsafe, or another net's weights
+        except CheckpointFileError as error:  # empty, cut short, not weights: the message names the file
+            raise InitWeightsError(f"init_weights: {error}") from error
+        except (OSError, ValueError) as error:  # missing, unsafe, or another net's weights
             raise InitWeightsError(f"init_weights {self.hparams.init_weights}: {error}") from error
         rank_zero_info(f"initial weights from {self.hparams.init_weights}")
 
@@ -203,23 +214,33 @@ class ImageClassifier(pl.LightningModule):
         x, y = batch
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             scores = self(x)
-            loss = self.criterion(scores, y)
+            losses = F.cross_entropy(scores, y, reduction="none", ignore_index=SKIPPED_LABEL,
+                                     label_smoothing=self.criterion.label_smoothing)
         else:  # several crops or scales: average probabilities, as the paper's 10-crop testing
             scores = self.predict_probs(x)
-            loss = F.nll_loss(scores.clamp_min(1e-12).log(), y)
+            losses = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="none", ignore_index=SKIPPED_LABEL)
+        skipped = y == SKIPPED_LABEL
         self.metrics[f"{stage}_acc1"].update(scores, y)
         self.metrics[f"{stage}_acc5"].update(scores, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+        self.metrics[f"{stage}_loss_sum"].update(losses.float().sum())  # 0 for a skipped slot
+        self.metrics[f"{stage}_images"].update((~skipped).sum())
+        self.metrics[f"{stage}_skipped"].update(skipped.sum())
 
     def _log_epoch_metrics(self, stage: str) -> None:
         # compute() reduces over all ranks; errors are in percent, as the paper reports them.
         if self.metrics[f"{stage}_acc1"].update_count == 0:
             return  # nothing seen (an epoch end replayed after a resume): no row of made-up errors
-        acc1 = self.metrics[f"{stage}_acc1"].compute()
-        acc5 = self.metrics[f"{stage}_acc5"].compute()
-        self.metrics[f"{stage}_acc1"].reset()
-        self.metrics[f"{stage}_acc5"].reset()
+        names = ("acc1", "acc5", "loss_sum", "images", "skipped")
+        acc1, acc5, loss_sum, images, skipped = (self.metrics[f"{stage}_{name}"].compute() for name in names)
+        for name in names:
+            self.metrics[f"{stage}_{name}"].reset()
         self._log_accuracies(stage, acc1, acc5)
+        # The mean loss and the number of images evaluated, over all ranks; the images skipped as unreadable
+        # (on_bad_image="skip") when there were any.
+        self.log(f"{stage}/loss", loss_sum / images.clamp_min(1), rank_zero_only=True)
+        self.log(f"{stage}/images", images.float(), rank_zero_only=True)
+        if skipped > 0:
+            self.log(f"{stage}/skipped_images", skipped.float(), rank_zero_only=True)
 
     def _log_accuracies(self, stage: str, acc1: torch.Tensor, acc5: torch.Tensor) -> None:
         values = {"acc1": acc1, "acc5": acc5, "error": 100 * (1 - acc1), "error5": 100 * (1 - acc5)}
@@ -262,6 +283,7 @@ class ImageClassifier(pl.LightningModule):
             add_wandb_run_id(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_format(checkpoint)  # a newer resnet-lit's checkpoint: one clear line, before any key is read
         # A run resumed mid-epoch carries on with the counts of the epoch's first part. They are
         # rank 0's (only rank 0 writes the checkpoint), so the other ranks start from zero and the
         # epoch's figure covers rank 0's whole share and every rank's rest: no image twice.

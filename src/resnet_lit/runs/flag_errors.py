@@ -1,0 +1,73 @@
+"""A misspelt option in one line, with the nearest valid key: ``did you mean --trainer.max_steps?``.
+
+The parsers take no abbreviations (``allow_abbrev=False``: argparse would otherwise apply
+``--trainer.max_step 7`` to ``max_steps`` silently), so a misspelt key is always an error, and
+``one_line`` turns jsonargparse's message for it into one line with a suggestion from ``difflib``.
+Three messages name an unknown key: "unrecognized arguments: --x 1" (a command-line flag),
+"Group 'trainer' does not accept option 'x'" or "Subcommand 'fit' does not accept option
+'trainer.x'" (a config file) and, for the DataModule (chosen by ``class_path``, so its options are
+known only once the class is), "Problem with given class_path 'C': Option 'x' is not accepted".
+Any other parser error keeps its message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Iterable, Sequence
+
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
+_GROUP = re.compile(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'")
+_CLASS_OPTION = re.compile(r"Parser key \"(\w+)\".*?class_path '([\w.]+)'.*?Option '([\w.]+)' is not accepted", re.S)
+
+
+def option_strings(parsers: Iterable[object]) -> list[str]:
+    """Every ``--long`` option the parsers (and their argument groups) accept."""
+    found = {s for p in parsers for action in getattr(p, "_actions", ()) for s in action.option_strings}
+    return sorted(s for s in found if s.startswith("--"))
+
+
+def suggest(key: str, candidates: Sequence[str]) -> str:
+    """`` did you mean X?`` for the nearest candidate, or ``""`` when none is close."""
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
+    if not close:  # a key that is a prefix of a valid one (max_step) is close even when short
+        close = [c for c in candidates if c.startswith(key)][:1]
+    return f": did you mean {close[0]}?" if close else ""
+
+
+def one_line(message: str, options: Sequence[str], args: Sequence[str]) -> str | None:
+    """The one-line form of a parser ``message`` about unknown keys; None for any other message."""
+    message = message.strip()
+    unrecognized = _UNRECOGNIZED.search(message)
+    if unrecognized:
+        flags = [token.split("=", 1)[0] for token in unrecognized.group(1).split() if token.startswith("-")]
+        if not flags:
+            return None
+        return "; ".join(f"unknown option {flag}{suggest(flag, options)}" for flag in flags)
+    group = _GROUP.search(message)
+    if group:  # a key in a config file: "trainer.max_step" (in a group, or of the subcommand itself)
+        kind, name, option = group.groups()
+        key = f"{name}.{option}" if kind == "Group" else option
+        return f"unknown key {key!r} in a config file{suggest(key, [o[2:] for o in options])}"
+    option = _CLASS_OPTION.search(message)
+    if option:
+        key, class_path, name = option.groups()
+        valid = _init_parameters(class_path)
+        given = next((a.split("=", 1)[0] for a in args if a.startswith(f"--{key}.") and
+                      a.split("=", 1)[0].rsplit(".", 1)[-1] == name), None)
+        short = class_path.rsplit(".", 1)[-1]
+        if given:
+            return f"{given} is not an option of {short}{suggest(f'--{key}.{name}', [f'--{key}.{p}' for p in valid])}"
+        return f"{key} option {name!r} is not accepted by {short}{suggest(name, valid)}"
+    return None
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
