@@ -60,3 +60,17 @@ class KillAtStep(Callback):
     def on_train_batch_start(self, trainer: Trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillWorkerAtStep(Callback):
+    """SIGKILL the process of global rank ``rank`` at the start of the batch that would make global step
+    ``step + 1``, on the first attempt of a torchrun job only (``TORCHELASTIC_RESTART_COUNT`` 0): the
+    restarted workers then run through."""
+
+    def __init__(self, step: int, rank: int) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer: Trainer, *args) -> None:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if first_attempt and trainer.global_rank == self.rank and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

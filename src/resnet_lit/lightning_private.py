@@ -2,7 +2,8 @@
 
 Lightning's public API does not cover a few things resnet-lit needs: whether the logger writes this
 step, where the fit loop stands inside an epoch (and its keys in a checkpoint), saving a
-``ModelCheckpoint`` without a monitor when training stops, a CSV writer that keeps metrics.csv.
+``ModelCheckpoint`` without a monitor when training stops, a CSV writer that keeps metrics.csv,
+asking the fit loop to stop after the batch under way (as it does on SIGTERM) when Ctrl-C comes.
 Code elsewhere reaches them through the functions here, or names them in ``PRIVATE_NAMES``;
 ``tests/test_lightning_private.py`` checks every name there on the installed Lightning, so an
 upgrade that removes one fails by name instead of breaking resume silently. ``pyproject.toml``
@@ -33,6 +34,8 @@ PRIVATE_NAMES = (
     "ModelCheckpoint._save_none_monitor_checkpoint",
     "ModelCheckpoint._monitor_candidates",
     "ModelCheckpoint._last_global_step_saved",
+    # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch)
+    "Trainer._signal_connector.received_sigterm",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
     "CSVLogger._experiment",
     "CSVLogger._fs",
@@ -55,6 +58,12 @@ def epoch_batches_done_and_validating(trainer: Any) -> bool:
     return bool(progress.is_last_batch or progress.current.ready >= trainer.num_training_batches)
 
 
+def at_epoch_last_batch(trainer: Any) -> bool:
+    """In ``on_train_batch_end`` of the epoch's last batch (validation and the epoch's end follow)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch or progress.current.ready >= trainer.num_training_batches)
+
+
 def save_checkpoint_unless_saved_this_step(callback: Any, trainer: Any) -> None:
     """A ``ModelCheckpoint`` without a monitor saves now, unless it already saved at this global step."""
     if trainer.global_step != callback._last_global_step_saved and not trainer.fast_dev_run:
@@ -64,3 +73,13 @@ def save_checkpoint_unless_saved_this_step(callback: Any, trainer: Any) -> None:
 def logger_step(trainer: Any) -> int:
     """The step Lightning's loggers write metrics at (optimiser steps, as ``self.log`` uses)."""
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def set_stop_after_batch(trainer: Any, stop: bool) -> None:
+    """Set (or clear) the flag Lightning's SIGTERM handler sets: the fit loop raises ``SIGTERMException``
+    after the batch under way (``trainer.received_sigterm`` is its read-only public face)."""
+    trainer._signal_connector.received_sigterm = stop
+
+
+def stop_after_batch_requested(trainer: Any) -> bool:
+    return bool(trainer.received_sigterm)

@@ -9,19 +9,25 @@ the run directory) or a node failure (no hpc checkpoint was written: resume from
 Picking it ourselves, rather than leaving ``ckpt_path=None`` to Lightning's implicit SLURM
 resume, also lets the CLI read the wandb run id from the checkpoint it resumes.
 
-``LastCheckpoint`` writes the ``checkpoints/last.ckpt`` that ``--ckpt_path last`` and ``auto`` find.
+``LastCheckpoint`` writes the ``checkpoints/last.ckpt`` that ``--ckpt_path last`` and ``auto`` find:
+after every validation, every N steps or minutes if asked, on SIGINT/SIGTERM (``runs.interrupt``)
+and when training stops. Outside SLURM ``auto`` finds it just the same, so a container restart
+policy, a torchrun restart or a shell retry loop runs one unchanged command.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from resnet_lit.lightning_private import save_checkpoint_unless_saved_this_step
+from resnet_lit.lightning_private import at_epoch_last_batch, save_checkpoint_unless_saved_this_step
 
 AUTO = "auto"
 _HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
@@ -69,16 +75,48 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path, checkpoint_dir
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``: the newest state, after every validation and when training stops.
+    """``last.ckpt``: the newest state, after every validation and when training stops, and optionally
+    every ``every_n_train_steps`` optimiser steps or every ``train_time_interval`` ("h:m:s") of training.
 
     Lightning 2.6 refreshes a ``save_last=True`` checkpoint only when the monitored one improves,
     and a run stopped by ``max_steps`` mid-epoch would keep an older file: this one is what
     ``--ckpt_path last`` and a requeued job resume from, so it must be the newest state.
+    ``ModelCheckpoint`` takes only one of its step, time and epoch triggers; here the periodic ones
+    come on top of the epoch's. A periodic save is taken at a batch's end, the point that resumes
+    exactly (loader position included); none on an epoch's last batch, whose state is saved after
+    its validation anyway. The file is replaced atomically (``AtomicCheckpointIO``), so training
+    stalls only for the write. Under DDP rank 0's clock decides the time trigger for all ranks.
     Its checkpoint state is keyed by its class name and these settings (``state_key``): keep both.
     """
 
-    def __init__(self, dirpath: str | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None,
+                 train_time_interval: timedelta | None = None) -> None:
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(f"last_checkpoint.every_n_train_steps must be >= 1 (or null), got {every_n_train_steps}")
+        if train_time_interval is not None and train_time_interval.total_seconds() <= 0:
+            raise ValueError(f"last_checkpoint.train_time_interval must be positive (h:m:s), got {train_time_interval}")
+        self.every_n_steps = every_n_train_steps
+        self.time_interval = train_time_interval
+        self._last_periodic = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_periodic = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # no step/time trigger of its own
+        if self.every_n_steps is None and self.time_interval is None:
+            return
+        due = bool(self.every_n_steps and trainer.global_step % self.every_n_steps == 0)
+        if self.time_interval is not None:
+            late = time.monotonic() - self._last_periodic >= self.time_interval.total_seconds()
+            due = bool(trainer.strategy.broadcast(due or late))
+        stopping = 0 < trainer.max_steps <= trainer.global_step  # on_train_end saves it
+        if due and not stopping and not at_epoch_last_batch(trainer) and not trainer.sanity_checking:
+            save_checkpoint_unless_saved_this_step(self, trainer)
+            self._last_periodic = time.monotonic()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

@@ -6,7 +6,9 @@
     resnet-lit export | report | imagenet-val ...   (see ``resnet-lit <tool> --help``)
 
 A run writes everything into one directory, ``--run_dir`` (default ``runs/<arch>``):
-``config.yaml``, ``metrics.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``.
+``config.yaml``, ``metrics.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``; ``fit``
+holds its ``fit.lock`` while it runs (``runs.run_lock``). Ctrl-C or SIGTERM saves ``last.ckpt`` and exits
+with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
 from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, check_format, wandb_run_id_of
@@ -32,8 +35,11 @@ from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import print_model_line, silence_noise, silence_resume_noise
+from resnet_lit.runs.elastic import fresh_store_for_restart
 from resnet_lit.runs.flag_errors import one_line, option_strings
+from resnet_lit.runs.interrupt import StopOnSignal, exit_status
 from resnet_lit.runs.predict import PredictionWriter
+from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
 from resnet_lit.training.classifier import ImageClassifier
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
@@ -43,6 +49,7 @@ TOOLS = {
     "imagenet-val": "resnet_lit.commands.imagenet_val:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_RUN_LOCKS: list[RunDirLock] = []  # held until main() returns (tests run several fits in one process)
 
 
 class ResNetCLI(LightningCLI):
@@ -55,7 +62,9 @@ class ResNetCLI(LightningCLI):
         # Forced callbacks (Lightning's documented way): every run has them, config.yaml shows them under
         # these keys and each is configured there or on the command line (--throughput.every_n_steps 10).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")  # best-*.ckpt
-        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")  # what --ckpt_path last resumes
+        # what --ckpt_path last/auto resume; --last_checkpoint.every_n_train_steps N / .train_time_interval h:m:s
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(StopOnSignal, "stop_on_signal")  # Ctrl-C/SIGTERM: save last.ckpt, exit
         parser.add_lightning_class_args(RNGState, "rng_state")  # a resumed run draws what an uninterrupted one would
         parser.add_lightning_class_args(EpochEndLoopState, "epoch_end_loop_state")  # exact resume at an epoch end
         parser.add_lightning_class_args(Throughput, "throughput")  # train/images_per_s
@@ -109,6 +118,11 @@ class ResNetCLI(LightningCLI):
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
         if config.last_checkpoint.dirpath is None:
             config.last_checkpoint.dirpath = config.checkpoint.dirpath
+        if self.subcommand == "fit" and is_first_process():  # before anything reads or writes the run's files
+            try:
+                _RUN_LOCKS.append(RunDirLock(run_dir).acquire())
+            except RunDirInUse as error:
+                _fail(str(error))
         ckpt_path = getattr(config, "ckpt_path", None)
         if self.subcommand == "fit":  # "auto" (requeued SLURM jobs) -> newest hpc/last checkpoint or None
             config.ckpt_path = ckpt_path = resolve_ckpt_path(ckpt_path, run_dir, config.checkpoint.dirpath)
@@ -163,6 +177,7 @@ class ResNetCLI(LightningCLI):
         return super().instantiate_trainer(plugins=plugins, **kwargs)
 
     def before_fit(self) -> None:
+        fresh_store_for_restart()  # torchrun --max-restarts: the restarted group must not meet on stale keys
         if self.config_init[self.subcommand].get("ckpt_path"):
             silence_resume_noise()
         print_model_line(self.model)
@@ -307,6 +322,8 @@ def main(args: list[str] | None = None) -> None:
     silence_noise()
     try:
         _cli(None if from_command_line else args)
+    except SIGTERMException:  # Ctrl-C or SIGTERM: last.ckpt saved and the line printed (runs.interrupt)
+        raise SystemExit(exit_status()) from None
     except ArgumentError as error:
         # jsonargparse would print a page of usage first; the message alone names the key.
         command = " ".join(a for a in args[:1] if a in SUBCOMMANDS)
@@ -323,6 +340,9 @@ def main(args: list[str] | None = None) -> None:
                   ".pth, a .safetensors), or --model.init_weights null for random weights.")
         _fail(f"--model.{error}\nTo evaluate, the weights must fit the model as they are, classifier included "
               "(the same arch and class count); a fine-tuned run's checkpoint goes in with --ckpt_path.")
+    finally:
+        while _RUN_LOCKS:
+            _RUN_LOCKS.pop().release()
 
 
 def _worker_message(error: BaseException) -> str:

@@ -1,0 +1,78 @@
+"""One run directory, one writer: ``fit`` holds ``<run_dir>/fit.lock`` while it runs.
+
+Two fits into one directory would interleave ``metrics.csv`` and overwrite each other's
+``last.ckpt``. The lock is a POSIX record lock (``fcntl.lockf``) on that file: the kernel drops it
+when the holding process ends, however it ends (SIGKILL, OOM killer, a lost node's NFS lease), so
+it never stays stuck, and the file itself is left in place (deleting it would race a new fit).
+Unlike ``flock`` it is not inherited by the DataLoader worker processes a rank forks, which could
+outlive a killed rank by seconds and refuse its restart. It works on local disks and NFS.
+
+Only one process per job takes it: the one that runs as global rank 0 or launches the others
+(ranks 1.. of the same job, from torchrun, SLURM's srun or Lightning's own launcher, share the
+directory and must not refuse each other). A restarted or requeued job starts after its old
+processes have ended, so it finds the lock free.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+LOCK_NAME = "fit.lock"
+# Set to a non-zero rank in every process but the job's first: torchrun (RANK, LOCAL_RANK), SLURM's
+# srun (SLURM_PROCID), Lightning's launcher for its other local processes (LOCAL_RANK, NODE_RANK).
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+class RunDirInUse(RuntimeError):
+    """Another process holds the run directory's lock; the message names it and what to do."""
+
+
+def is_first_process() -> bool:
+    """Whether this process is the job's rank 0 (or its launcher), from the launchers' variables."""
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in _RANK_VARIABLES)
+
+
+class RunDirLock:
+    """``RunDirLock(run_dir).acquire()`` or :class:`RunDirInUse`; ``release()`` (or the process's end) frees it."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = _read(fd)
+            os.close(fd)
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            raise RunDirInUse(
+                f"{self.path.parent} is in use by another fit ({holder or 'holder unknown'}): one run directory "
+                "takes one writer. Wait for it to end or stop it (it resumes with `--ckpt_path auto`), "
+                "or give this run another --run_dir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
+def _read(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
