@@ -330,3 +330,22 @@ def test_a_short_run_and_its_resume_print_no_lightning_noise(repo_root, cache_di
                       "exists and is not empty"):
             assert noise not in output, f"{noise!r} printed:\n{output[-3000:]}"
     assert "resnet20: 0.27 M parameters, 40.55 M multiply-adds per 3x32x32 image" in first.stdout + first.stderr
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--data.batch_size", "abc"], "--data.batch_size abc: expected int"),
+        (["--data.eval_batch_size=abc"], "--data.eval_batch_size abc: expected int or null"),
+        (["--trainer.max_steps", "many"], "--trainer.max_steps many: expected int"),
+        (["--model.freeze", "stem2"], "--model.freeze stem2: expected one of none, stem, stage1, stage2, stage3, "
+                                      "stage4, backbone"),
+        (["--model.compile", "maybe"], "--model.compile maybe: expected bool or a mapping (key: value)"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line_naming_key_value_and_type(args, line, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--run_dir", str(tmp_path / "bad"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"resnet-lit: error: {line} (`resnet-lit fit --help` lists every option)"]

@@ -7,7 +7,9 @@ Three messages name an unknown key: "unrecognized arguments: --x 1" (a command-l
 "Group 'trainer' does not accept option 'x'" or "Subcommand 'fit' does not accept option
 'trainer.x'" (a config file) and, for the DataModule (chosen by ``class_path``, so its options are
 known only once the class is), "Problem with given class_path 'C': Option 'x' is not accepted".
-Any other parser error keeps its message.
+A value of the wrong type (jsonargparse's nested "Does not validate against any of the Union
+subtypes" report) becomes ``--data.batch_size abc: expected int`` (``type_error_line``). Any
+other parser error keeps its message.
 """
 
 from __future__ import annotations
@@ -61,7 +63,58 @@ def one_line(message: str, options: Sequence[str], args: Sequence[str]) -> str |
         if given:
             return f"{given} is not an option of {short}{suggest(f'--{key}.{name}', [f'--{key}.{p}' for p in valid])}"
         return f"{key} option {name!r} is not accepted by {short}{suggest(name, valid)}"
-    return None
+    return type_error_line(message, args)
+
+
+_KEY = re.compile(r'Parser key "([\w.]+)"')
+_EXPECTED = re.compile(r"Expected a (.+?)(?:\. Got value: .*)?$", re.M)
+_GOT = re.compile(r"(?:Got value|Given value): (.*)$", re.M)
+
+
+def _type_name(text: str) -> str:
+    """``<class 'int'>`` -> ``int``, ``typing.Literal['a', 'b']`` -> ``one of a, b``, NoneType -> ``null``."""
+    text = text.strip()
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text)
+    if literal:
+        return "one of " + ", ".join(v.strip().strip("'\"") for v in literal.group(1).split(","))
+    cls = re.fullmatch(r"<class '(?:[\w.]+\.)?(\w+)'>", text)
+    name = cls.group(1) if cls else text
+    return {"NoneType": "null", "dict": "a mapping (key: value)", "str": "a string"}.get(name, name)
+
+
+def _innermost_block(message: str) -> str:
+    """The last ``Parser key`` line and the lines indented below it (its own report, not the outer Union's)."""
+    lines = message.splitlines()
+    start = max(i for i, line in enumerate(lines) if _KEY.search(line))
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        block.append(line)
+    return "\n".join(block)
+
+
+def type_error_line(message: str, args: Sequence[str]) -> str | None:
+    """A value of the wrong type, in one line: ``--data.batch_size abc: expected int``.
+
+    jsonargparse nests its report (a DataModule option sits inside the ``data`` Union): the key is
+    the path of ``Parser key`` names, the expected types those listed under the innermost one."""
+    keys = _KEY.findall(message)
+    expected = _EXPECTED.findall(_innermost_block(message)) if keys else []
+    if not keys or not expected:
+        return None
+    key = ".".join(keys) if len(keys) > 1 and "class_path" in message else keys[-1]
+    flag = f"--{key}"
+    value = next((a.split("=", 1)[1] for a in args if a.startswith(flag + "=")), None)
+    if value is None:
+        value = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == flag), None)
+    where = f"{flag} {value}" if value is not None else f"{key} (from a config file)"
+    if value is None:
+        given = [g for g in _GOT.findall(message) if not g.startswith("NestedArg")]
+        where += f" = {given[-1]}" if given else ""
+    names = list(dict.fromkeys(_type_name(t) for t in expected))
+    return f"{where}: expected {' or '.join(names)}"
 
 
 def _init_parameters(class_path: str) -> list[str]:
