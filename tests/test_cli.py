@@ -349,3 +349,16 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_key_value_and_type(args, l
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [f"resnet-lit: error: {line} (`resnet-lit fit --help` lists every option)"]
+
+
+def test_default_root_dir_is_the_run_dir_or_refused_naming_run_dir(cache_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the recipe sets run_dir: two directories, one line
+        main(["fit", "--config", "configs/cifar10/resnet20.yaml", *CPU, "--trainer.default_root_dir",
+              str(tmp_path / "elsewhere")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"resnet-lit: error: --trainer.default_root_dir {tmp_path / 'elsewhere'}: a run writes everything into its "
+        f"--run_dir (here runs/cifar10/resnet20); use --run_dir {tmp_path / 'elsewhere'} instead."]
+    run_dir = tmp_path / "root"  # without a run_dir anywhere (--run_dir null), it is the run directory
+    main([*fit_args(run_dir, cache_dir, steps=2), "--run_dir", "null", "--trainer.default_root_dir", str(run_dir)])
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "metrics.csv").is_file()

@@ -111,7 +111,11 @@ class ResNetCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        run_dir = Path(config.run_dir or Path("runs") / config.model.arch)
+        root = config.trainer.default_root_dir  # Lightning's name for it: the run directory if given alone
+        if root and config.run_dir and Path(root) != Path(config.run_dir):
+            _fail(f"--trainer.default_root_dir {root}: a run writes everything into its --run_dir (here "
+                  f"{config.run_dir}); use --run_dir {root} instead.")
+        run_dir = Path(config.run_dir or root or Path("runs") / config.model.arch)
         config.run_dir = str(run_dir)
         config.trainer.default_root_dir = str(run_dir)
         if config.checkpoint.dirpath is None:
