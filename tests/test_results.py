@@ -101,3 +101,20 @@ def test_create_model_with_weights_gives_the_card_error(run: Path, cifar_root: P
             total += len(y)
     assert total == 10_000
     assert 100.0 * wrong / total == pytest.approx(card["test_error"], abs=1e-9)  # the same images wrong
+
+
+def test_the_reference_check_agrees_and_docs_quote_its_files():
+    """results/reference-check-16k: resnet-lit and the independent reference on the same compressed
+    schedule end within 0.5 points, and docs/results.md quotes exactly the figures of those files."""
+    check = REPO_ROOT / "results" / "reference-check-16k"
+    reference = json.loads((check / "reference-summary.json").read_text())
+    (lit_test,) = [float(r["test/error"]) for r in _metrics(check / "resnet-lit-test-metrics.csv") if r["test/error"]]
+    config = yaml.safe_load((check / "resnet-lit-config.yaml").read_text())
+    assert config["trainer"]["max_steps"] == reference["steps"] == 16000
+    assert config["model"]["schedule"]["milestones"] == reference["milestones"] == [8000, 12000]
+    lit_steps = [int(r["step"]) for r in _metrics(check / "resnet-lit-metrics.csv") if r.get("train/loss")]
+    ref_steps = [int(r["step"]) for r in _metrics(check / "reference-metrics.csv")]
+    assert max(lit_steps) == 15999 and ref_steps[-1] == 16000  # 0-based CSV steps; the reference counts done steps
+    assert abs(lit_test - reference["final_test_error"]) <= 0.5
+    docs = (REPO_ROOT / "docs" / "results.md").read_text()
+    assert f"**{lit_test:.2f}**" in docs and f"**{reference['final_test_error']:.2f}**" in docs
