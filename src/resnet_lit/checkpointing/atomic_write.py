@@ -19,8 +19,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from fsspec.implementations.local import LocalFileSystem
@@ -43,8 +45,8 @@ class OutOfSpaceError(OSError):
             free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there now"
         except OSError:
             free = "free space unknown"
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was there before"
-        return f"out of space writing {path} ({self.strerror}; {free}): {kept}"
+        return (f"out of space writing {path} ({self.strerror}; {free}); the files already there are intact "
+                f"(the write went to a temp file, now removed)")
 
 
 def no_space_error(error: BaseException | None) -> OSError | None:
@@ -74,6 +76,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         cause = no_space_error(error)
         if cause is not None and not isinstance(error, OutOfSpaceError):
             raise OutOfSpaceError(path, cause) from error
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` for a whole new version of a small file (metrics.csv rewritten with a new
+    header): written beside it, fsynced, then renamed over it, so a full disk or a kill mid-write
+    leaves the old file as it was."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 

@@ -42,6 +42,7 @@ TOOLS = {
     "imagenet-val": "resnet_lit.commands.imagenet_val:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_run_dir: list[Path] = []  # the run directory of the command under way, for the messages of main()
 
 
 class ResNetCLI(LightningCLI):
@@ -78,6 +79,7 @@ class ResNetCLI(LightningCLI):
         run_dir = Path(config.run_dir or Path("runs") / config.model.arch)
         config.run_dir = str(run_dir)
         config.trainer.default_root_dir = str(run_dir)
+        _run_dir[:] = [run_dir]
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
         if config.last_checkpoint.dirpath is None:
@@ -229,7 +231,7 @@ def _run_failure(error: BaseException) -> tuple[str, bool] | None:
         if isinstance(cause, NonFiniteLossError):
             return str(cause), False  # every rank stops alike: rank 0 says it
         cause = cause.__context__
-    message = out_of_space_message(error)
+    message = out_of_space_message(error, _run_dir[0] if _run_dir else None)
     if message is not None:
         return message, False  # rank 0 writes the files; the other ranks then lose rank 0
     message = collective_failure_message(error)

@@ -15,10 +15,13 @@ the line to print, or None when the exception is not theirs (it then keeps its t
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 from resnet_lit.checkpointing.atomic_write import OutOfSpaceError, no_space_error
 
 RESUME = "Resume with `--ckpt_path last` (or `auto`)"
+RESTART = "start the same command again with `--ckpt_path auto` (it resumes from the newest checkpoint, if any)"
 # gloo's messages start with its source position and end with advice about its own bugs
 _GLOO_POSITION = re.compile(r"^\[[^\]]*gloo[^\]]*\]\s*")
 _GLOO_PATTERNS = ("third_party/gloo", "pair closure", "Connection closed by peer", "Connection reset by peer")
@@ -44,8 +47,9 @@ def collective_failure_message(error: BaseException) -> str | None:
             f"{RESUME} once no process of this run is left.")
 
 
-def out_of_space_message(error: BaseException) -> str | None:
-    """The line for a write that ran out of space (anywhere in ``error``'s chain)."""
+def out_of_space_message(error: BaseException, run_dir: str | Path | None = None) -> str | None:
+    """The line for a write that ran out of space (anywhere in ``error``'s chain); ``run_dir``, where
+    the run writes, is named with its free space when the failed write does not name its file."""
     cause = no_space_error(error)
     if cause is None:
         return None
@@ -56,6 +60,14 @@ def out_of_space_message(error: BaseException) -> str | None:
     checkpoint = next((e for e in chain if isinstance(e, OutOfSpaceError)), None)
     if checkpoint is not None:  # the first write that failed; others (metrics.csv) may have followed
         what = str(checkpoint)
+    elif cause.filename:
+        what = f"out of space writing {cause.filename} ({cause.strerror})"
     else:
-        what = f"out of space writing {cause.filename or 'a file of the run'} ({cause.strerror})"
-    return f"{what}. Free space, then {RESUME[0].lower()}{RESUME[1:]}."
+        where = ""
+        if run_dir is not None:
+            try:
+                where = f"; the run directory {run_dir} has {shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free"
+            except OSError:
+                where = f"; the run directory is {run_dir}"
+        what = f"out of space writing a file ({cause.strerror}{where})"
+    return f"{what}. Free space, then {RESTART}."
