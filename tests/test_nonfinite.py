@@ -8,19 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from fit_helpers import run_fit, small_fit_args
+from fit_helpers import RECIPE, run_fit, small_fit_args
 
 from resnet_lit.training.nonfinite import NonFiniteWatch, nonfinite_tensors
 
 pytestmark = pytest.mark.slow
 
 
-def _blow_up_args(run_dir: Path, cifar_root: Path, lr: str, log_every: int) -> list[str]:
-    # 128 images, 32 a step: 4 steps an epoch, validated and checkpointed at each epoch end. A constant
-    # warm-up trains the first epoch at 0.025 (lr x 32/128 x warmup_factor); then the learning rate
-    # jumps to lr x 32/128 and the second epoch blows up.
+def _blow_up_args(run_dir: Path, cifar_root: Path, lr: str, log_every: int, ranks: int = 1) -> list[str]:
+    # 128 images a rank, 32 a step: 4 steps an epoch, validated and checkpointed at each epoch end. A
+    # constant warm-up trains the first epoch at 0.1 x 32 x ranks/128 (warmup_factor x lr, scaled by the
+    # global batch); then the learning rate jumps to lr x 32 x ranks/128 and the second epoch blows up.
     factor = f"{0.1 / float(lr):g}"
-    return small_fit_args(run_dir, root=cifar_root, subset=128, steps=8, width=0.25, extra=[
+    configs = (*RECIPE, "configs/trainer/ddp_cpu.yaml") if ranks == 2 else RECIPE
+    return small_fit_args(run_dir, root=cifar_root, subset=128 * ranks, steps=8, width=0.25, configs=configs, extra=[
         "--model.optimizer.lr", lr, "--model.schedule.warmup_steps", "4", "--model.schedule.warmup_factor", factor,
         "--trainer.log_every_n_steps", str(log_every), "--trainer.enable_progress_bar", "false",
     ])
@@ -70,3 +71,14 @@ def test_watch_reports_the_first_bad_step_over_ranks() -> None:
     fine = NonFiniteWatch()
     fine.update(torch.tensor(1.0), 0, 0.1)
     assert fine.first_bad() is None
+
+
+def test_nonfinite_loss_stops_every_ddp_rank(repo_root: Path, cifar_root: Path, tmp_path: Path) -> None:
+    # Two gloo ranks: the check gathers both ranks' records, so both stop at the same step (no rank left
+    # waiting in a collective) and rank 0 alone prints the line.
+    res = run_fit(repo_root, _blow_up_args(tmp_path / "run", cifar_root, "1e12", log_every=1, ranks=2))
+    assert res.returncode == 1, res.stderr[-3000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith("resnet-lit: error:")]
+    assert len(lines) == 1 and lines[0].startswith("resnet-lit: error: the training loss is nan at step "), lines
+    assert "Traceback" not in res.stderr and "collective operation failed" not in res.stderr
+    _assert_last_is_epoch_one(tmp_path / "run")

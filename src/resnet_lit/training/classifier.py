@@ -25,7 +25,13 @@ from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.finetune import apply_freeze, param_groups
-from resnet_lit.training.nonfinite import NonFiniteLossError, NonFiniteWatch, nonfinite_tensors, stop_message
+from resnet_lit.training.nonfinite import (
+    NonFiniteLossError,
+    NonFiniteWatch,
+    gather_ranks,
+    nonfinite_tensors,
+    stop_message,
+)
 from resnet_lit.training.schedules import (
     OptimizerConfig,
     ScheduleConfig,
@@ -173,7 +179,7 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def _stop_if_nonfinite(self) -> None:
-        bad = self._nonfinite.first_bad(self.all_gather if self.trainer.world_size > 1 else None)
+        bad = self._nonfinite.first_bad(gather_ranks if self.trainer.world_size > 1 else None)
         if bad is not None:
             step, loss, lr = bad
             when = "" if step == self.global_step else f" (found at step {self.global_step})"

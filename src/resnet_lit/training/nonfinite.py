@@ -54,12 +54,24 @@ class NonFiniteWatch:
 
     def first_bad(self, gather: Any = None) -> tuple[int, float, float] | None:
         """(step, loss, lr) of the first loss that was not finite, over all ranks if ``gather``
-        (``LightningModule.all_gather``) is given; None if every loss was finite. Synchronises."""
+        (:func:`gather_ranks`) is given; None if every loss was finite. Synchronises."""
         if self._record is None:
             return None
         record = (self._record if gather is None else gather(self._record)).reshape(-1, 3).cpu()
         step, loss, lr = record[int(torch.argmin(record[:, 0]))].tolist()
         return None if step == _NONE else (int(step), loss, lr)
+
+
+def gather_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every rank, stacked (plain ``all_gather``: Lightning's goes through the autograd
+    version, which torch now warns about on every call)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor.unsqueeze(0)
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, tensor)
+    return torch.stack(out)
 
 
 def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
