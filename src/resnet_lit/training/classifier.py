@@ -181,10 +181,10 @@ class ImageClassifier(pl.LightningModule):
     def _stop_if_nonfinite(self) -> None:
         bad = self._nonfinite.first_bad(gather_ranks if self.trainer.world_size > 1 else None)
         if bad is not None:
-            step, loss, lr = bad
+            step, lr = bad
             when = "" if step == self.global_step else f" (found at step {self.global_step})"
             raise NonFiniteLossError(stop_message(
-                f"the training loss is {loss} at step {step}, learning rate {lr:.6g}{when}: stopped before "
+                f"the training loss is not finite at step {step}, learning rate {lr:.6g}{when}: stopped before "
                 "that step's update", self.trainer))
 
     def on_train_epoch_start(self) -> None:

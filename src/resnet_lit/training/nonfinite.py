@@ -8,13 +8,13 @@ Two checks, both in ``ImageClassifier`` (steps counted as ``trainer.global_step`
 column of metrics.csv: optimiser steps done before the one in question):
 
 - The loss: every training step records, on the device, the first step whose loss was not finite
-  (no host synchronisation: small nets on a GPU would wait for every step). The record is read on
-  the steps the logger writes (``trainer.log_every_n_steps``, where the logged loss synchronises
-  anyway), gathered over all ranks so they stop together, and a bad loss raises
-  :class:`NonFiniteLossError` there. A run therefore stops at most ``log_every_n_steps - 1`` steps
-  after the first bad loss (at once with ``--trainer.log_every_n_steps 1``), and the message names
-  that first step and its learning rate. Lightning's ``detect_anomaly`` checks every backward
-  operation and slows training several times over.
+  (three small operations, no host synchronisation: small nets on a GPU would wait for every step).
+  The record is read on the steps the logger writes (``trainer.log_every_n_steps``, where the
+  logged loss synchronises anyway), gathered over all ranks so they stop together, and a bad loss
+  raises :class:`NonFiniteLossError` there. A run therefore stops at most ``log_every_n_steps - 1``
+  steps after the first bad loss (at once with ``--trainer.log_every_n_steps 1``), and the message
+  names that first step and its learning rate. Lightning's ``detect_anomaly`` (torch's anomaly
+  mode) checks the output of every backward operation instead, at a far higher cost.
 - The weights: every checkpoint (``last.ckpt``, ``best-*``, SLURM's ``hpc_ckpt_N``, any other save)
   first checks that every floating tensor of the state dict is finite, and raises
   :class:`NonFiniteLossError` instead of writing. DDP replicates the weights, so every rank decides
@@ -31,7 +31,7 @@ import torch
 
 from resnet_lit.checkpointing.resume import LastCheckpoint, find_resume_checkpoint
 
-_NONE = math.inf  # "no bad step yet" in the device record
+_NONE = 2**62  # "no bad step yet" in the device record
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,27 +39,30 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteWatch:
-    """The first training step whose loss was not finite, recorded without synchronising the device."""
+    """The first training step whose loss was not finite, recorded without synchronising the device
+    (three small operations a step), and the learning rate of each step since the last check."""
+
+    KEEP_LRS = 10_000  # steps whose learning rate is kept (the check comes every log_every_n_steps)
 
     def __init__(self) -> None:
-        self._record: torch.Tensor | None = None  # [first bad step (inf: none), its loss, its lr], float64
+        self._first: torch.Tensor | None = None  # int64 on the loss's device; _NONE: every loss finite
+        self._lrs: dict[int, float] = {}
 
     def update(self, loss: torch.Tensor, step: int, lr: float) -> None:
-        loss = loss.detach().to(torch.float64)
-        if self._record is None or self._record.device != loss.device:
-            self._record = torch.tensor([_NONE, 0.0, 0.0], dtype=torch.float64, device=loss.device)
-        new = (~torch.isfinite(loss)) & (self._record[0] == _NONE)
-        now = torch.stack([torch.full_like(loss, step), loss, torch.full_like(loss, lr)])
-        self._record = torch.where(new, now, self._record)
+        bad_step = torch.where(torch.isfinite(loss.detach()), _NONE, step)
+        self._first = bad_step if self._first is None else torch.minimum(self._first, bad_step)
+        self._lrs[step] = lr
+        if len(self._lrs) > self.KEEP_LRS:
+            del self._lrs[next(iter(self._lrs))]
 
-    def first_bad(self, gather: Any = None) -> tuple[int, float, float] | None:
-        """(step, loss, lr) of the first loss that was not finite, over all ranks if ``gather``
+    def first_bad(self, gather: Any = None) -> tuple[int, float] | None:
+        """(step, lr) of the first loss that was not finite, over all ranks if ``gather``
         (:func:`gather_ranks`) is given; None if every loss was finite. Synchronises."""
-        if self._record is None:
+        lrs, self._lrs = self._lrs, {}
+        if self._first is None:
             return None
-        record = (self._record if gather is None else gather(self._record)).reshape(-1, 3).cpu()
-        step, loss, lr = record[int(torch.argmin(record[:, 0]))].tolist()
-        return None if step == _NONE else (int(step), loss, lr)
+        step = int((self._first if gather is None else gather(self._first)).min())
+        return None if step == _NONE else (step, lrs.get(step, math.nan))
 
 
 def gather_ranks(tensor: torch.Tensor) -> torch.Tensor:
