@@ -51,15 +51,17 @@ class Progress(Callback):
 
 
 class KillAtStep(Callback):
-    """SIGKILL this process at the start of the batch that would make global step ``step + 1``:
-    no handler, no cleanup, as the OOM killer or a lost node would."""
+    """Send ``signal`` (SIGKILL by default) to this process at the start of the batch that would make
+    global step ``step + 1``, on every rank or only on ``rank``. SIGKILL: no handler, no cleanup, as the
+    OOM killer or a lost node would; SIGSTOP: a process that hangs (stuck I/O, a deadlock) and still
+    holds its connections."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None, signal: str = "SIGKILL") -> None:
+        self.step, self.rank, self.signal = step, rank, signal
 
     def on_train_batch_start(self, trainer: Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 class KillWorkerAtStep(Callback):

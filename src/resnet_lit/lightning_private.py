@@ -40,6 +40,7 @@ PRIVATE_NAMES = (
     "CSVLogger._experiment",
     "CSVLogger._fs",
     "ExperimentWriter._check_log_dir_exists",
+    "ExperimentWriter._rewrite_with_new_header",
     "ExperimentWriter._fs",
 )
 

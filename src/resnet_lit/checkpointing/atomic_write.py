@@ -8,13 +8,21 @@ another filesystem, and neither fsyncs. Here the bytes go to a hidden temp file 
 are fsynced, then ``os.replace``d over it (atomic on POSIX within one filesystem), and the folder
 is fsynced so the rename survives a power loss. A reader therefore sees the old checkpoint or the
 new one, never half of one. Remote paths (``s3://`` ...) keep Lightning's behaviour.
+
+A write that runs out of space (a full disk or quota) leaves the previous file as it was, removes
+its temp file and raises :class:`OutOfSpaceError`, which names the file; ``torch.save`` itself would
+report "unexpected pos 704 vs 598" from its zip writer, with the ``OSError`` only in the chain.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from fsspec.implementations.local import LocalFileSystem
@@ -22,6 +30,34 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 TMP_PREFIX = ".tmp-"  # hidden and not ending in .ckpt, so ModelCheckpoint's globs never match it
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full file system, an exceeded quota
+
+
+class OutOfSpaceError(OSError):
+    """A checkpoint write ran out of space; whatever was at ``filename`` before is untouched."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror, str(path))
+
+    def __str__(self) -> str:
+        path = Path(self.filename)
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        return (f"out of space writing {path} ({self.strerror}; {free}); the files already there are intact "
+                f"(the write went to a temp file, now removed)")
+
+
+def no_space_error(error: BaseException | None) -> OSError | None:
+    """The out-of-space ``OSError`` in ``error``'s chain (causes and contexts), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -32,6 +68,28 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        cause = no_space_error(error)
+        if cause is not None and not isinstance(error, OutOfSpaceError):
+            raise OutOfSpaceError(path, cause) from error
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` for a whole new version of a small file (metrics.csv rewritten with a new
+    header): written beside it, fsynced, then renamed over it, so a full disk or a kill mid-write
+    leaves the old file as it was."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -24,6 +24,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
@@ -36,11 +37,13 @@ from resnet_lit.data.decode import BadImageError
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
+from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
 from resnet_lit.runs.flag_errors import one_line, option_strings
 from resnet_lit.runs.interrupt import StopOnSignal, exit_status
 from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
 from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.training.nonfinite import NonFiniteLossError
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
@@ -50,6 +53,7 @@ TOOLS = {
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _RUN_LOCKS: list[RunDirLock] = []  # held until main() returns (tests run several fits in one process)
+_run_dir: list[Path] = []  # the run directory of the command under way, for the messages of main()
 
 
 class ResNetCLI(LightningCLI):
@@ -118,6 +122,7 @@ class ResNetCLI(LightningCLI):
         run_dir = Path(config.run_dir or root or Path("runs") / config.model.arch)
         config.run_dir = str(run_dir)
         config.trainer.default_root_dir = str(run_dir)
+        _run_dir[:] = [run_dir]
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir / "checkpoints")
         if config.last_checkpoint.dirpath is None:
@@ -282,6 +287,21 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _run_failure(error: BaseException) -> tuple[str, bool] | None:
+    """(line, every rank prints it) for a run that stopped for a reason outside the code: a loss that
+    is not finite, a lost rank, a full disk; None for anything else (a bug keeps its traceback)."""
+    cause: BaseException | None = error
+    while cause is not None:  # Lightning's clean-up after the first error may raise a second one
+        if isinstance(cause, NonFiniteLossError):
+            return str(cause), False  # every rank stops alike: rank 0 says it
+        cause = cause.__context__
+    message = out_of_space_message(error, _run_dir[0] if _run_dir else None)
+    if message is not None:
+        return message, False  # rank 0 writes the files; the other ranks then lose rank 0
+    message = collective_failure_message(error)
+    return (message, True) if message is not None else None
+
+
 def _run_tool(name: str, argv: list[str]) -> int:
     module_name, function = TOOLS[name].split(":")
     return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
@@ -344,6 +364,14 @@ def main(args: list[str] | None = None) -> None:
                   ".pth, a .safetensors), or --model.init_weights null for random weights.")
         _fail(f"--model.{error}\nTo evaluate, the weights must fit the model as they are, classifier included "
               "(the same arch and class count); a fine-tuned run's checkpoint goes in with --ckpt_path.")
+    except Exception as error:  # noqa: BLE001 - only the failures _run_failure knows; the rest re-raised
+        failure = _run_failure(error)
+        if failure is None:
+            raise
+        message, every_rank = failure
+        if every_rank or rank_zero_only.rank == 0:
+            print(f"resnet-lit: error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         while _RUN_LOCKS:
             _RUN_LOCKS.pop().release()

@@ -6,6 +6,11 @@ this directory will be deleted"), so a run resumed after a preemption (``--ckpt_
 Rows the interrupted process logged *after* its checkpoint are replayed by the resumed one; they
 are dropped when the resumed process logs its first row (old rows with a step at or after that
 row's step), so each step and each epoch appears once.
+
+The file is rewritten as a whole when a metric appears for the first time (a new column) and when a
+resumed run drops the replayed rows; those rewrites go through a temp file and a rename
+(``checkpointing.atomic_write.atomic_open``), so a full disk at that moment leaves the old rows
+instead of an empty file. Plain appends are Lightning's.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ from __future__ import annotations
 import csv
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+
+from resnet_lit.checkpointing.atomic_write import atomic_open
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -35,12 +43,22 @@ class _AppendingWriter(ExperimentWriter):
         if self._resumed_rows is not None and self.metrics:
             first = min(int(m["step"]) for m in self.metrics if m.get("step") is not None)
             keep = [r for r in self._resumed_rows if r.get("step") in (None, "") or int(r["step"]) < first]
-            with self._fs.open(self.metrics_file_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-                writer.writeheader()
-                writer.writerows(keep)
+            self._write_all(self.metrics_keys, keep)
             self._resumed_rows = None
         super().save()
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:  # Lightning's rewrites in place
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            rows = list(csv.DictReader(f))
+        self._write_all(fieldnames, rows)
+
+    def _write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+        local = isinstance(self._fs, LocalFileSystem)
+        opener = atomic_open if local else self._fs.open
+        with opener(self.metrics_file_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class ResumableCSVLogger(CSVLogger):

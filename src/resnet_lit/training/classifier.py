@@ -28,6 +28,13 @@ from resnet_lit.data.decode import SKIPPED_LABEL
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.finetune import Freeze, apply_freeze, param_groups
+from resnet_lit.training.nonfinite import (
+    NonFiniteLossError,
+    NonFiniteWatch,
+    gather_ranks,
+    nonfinite_tensors,
+    stop_message,
+)
 from resnet_lit.training.schedules import (
     OptimizerConfig,
     ScheduleConfig,
@@ -119,6 +126,7 @@ class ImageClassifier(pl.LightningModule):
             for stage in ("val", "test") for name in ("loss_sum", "images", "skipped")
         })
         self.train_accuracy = TrainAccuracy(self._top5)  # counted on the hot path, not by torchmetrics
+        self._nonfinite = NonFiniteWatch()  # a loss that is not finite stops the run (training/nonfinite.py)
         self._compiled = False
 
     # ----------------------------------------------------------------------------------- setup
@@ -173,7 +181,9 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_accuracy.update(logits.detach(), y)
+        self._nonfinite.update(loss, self.global_step, _lr(self.trainer))  # on the device: no sync
         if should_update_logs(self.trainer):  # self.log costs a fraction of a small net's GPU step
+            self._stop_if_nonfinite()  # before this step's update; the logged loss syncs here anyway
             self.log("train/loss", loss, prog_bar=True)
             # the epoch's error so far (train/error is the whole epoch's, at its end), so that runs
             # shorter than an epoch have a training-error curve too
@@ -181,6 +191,15 @@ class ImageClassifier(pl.LightningModule):
             if rates is not None:
                 self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
         return loss
+
+    def _stop_if_nonfinite(self) -> None:
+        bad = self._nonfinite.first_bad(gather_ranks if self.trainer.world_size > 1 else None)
+        if bad is not None:
+            step, lr = bad
+            when = "" if step == self.global_step else f" (found at step {self.global_step})"
+            raise NonFiniteLossError(stop_message(
+                f"the training loss is not finite at step {step}, learning rate {lr:.6g}{when}: stopped before "
+                "that step's update", self.trainer))
 
     def on_train_epoch_start(self) -> None:
         # (Lightning skips this hook when it resumes a run mid-epoch: on_load_checkpoint's counts stay.)
@@ -271,6 +290,13 @@ class ImageClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Never a checkpoint with weights that are not finite (over last.ckpt, the one to resume from).
+        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
+        if bad:
+            raise NonFiniteLossError(stop_message(
+                f"the weights are not finite at step {checkpoint.get('global_step')} ({len(bad)} tensors, "
+                f"the first {bad[0]}; the loss is checked every --trainer.log_every_n_steps), so the checkpoint "
+                "was not written", self._trainer))
         # The epoch's running training accuracy so far, so that a mid-epoch resume logs the whole
         # epoch's figure. None after an epoch end (logged and reset by then), and none in the
         # validation after an epoch's last batch: resumed from there, Lightning replays only
@@ -299,6 +325,12 @@ def _call_eagerly(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with set_stance("force_eager"):
             return model(x)
     return model._call_impl(x)  # torch 2.5: the plain call that nn.Module.compile wraps
+
+
+def _lr(trainer: pl.Trainer) -> float:
+    """The learning rate of the first parameter group, as the progress lines show it."""
+    optimizers = trainer.optimizers if trainer is not None else []
+    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
 
 
 def _per_device_batch(trainer: pl.Trainer) -> int:
