@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -22,6 +22,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "Trainer": trainer,
         "ModelCheckpoint": ModelCheckpoint(dirpath=folder),
+        "RichProgressBar": RichProgressBar(),
         "CSVLogger": CSVLogger(folder),
         "ExperimentWriter": ExperimentWriter(str(folder / "writer")),
         "fit_loop_state": trainer.fit_loop.state_dict(),  # what a checkpoint holds under loops/fit_loop

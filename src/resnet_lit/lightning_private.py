@@ -36,6 +36,8 @@ PRIVATE_NAMES = (
     "ModelCheckpoint._last_global_step_saved",
     # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch)
     "Trainer._signal_connector.received_sigterm",
+    # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
+    "RichProgressBar._get_train_description",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
     "CSVLogger._experiment",
     "CSVLogger._fs",

@@ -92,15 +92,72 @@ class LearningRate(Callback):
             logger.log_metrics(metrics, step=logger_step(trainer))
 
 
-class LineProgress(ProgressBar):
-    """Plain progress for logs that are not a terminal (SLURM, CI): one line every
-    ``every_n_steps`` optimiser steps and one per validation, no carriage returns."""
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, every_n_steps: int = 100) -> None:
+
+class _StepsLeft:
+    """Steps of ``max_steps`` and the time left at this run's own pace (since it started or resumed)."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, int] | None = None
+
+    def start(self, trainer: pl.Trainer) -> None:
+        self._start = (time.perf_counter(), trainer.global_step)
+
+    def text(self, trainer: pl.Trainer) -> str:
+        step, total = trainer.global_step, trainer.max_steps
+        if not total or total < 0:
+            return f"epoch {trainer.current_epoch} step {step}"
+        text = f"step {step}/{total}"
+        if self._start is not None and step > self._start[1]:
+            per_step = (time.perf_counter() - self._start[0]) / (step - self._start[1])
+            text += f" ({_clock(per_step * (total - step))} left)"
+        return text
+
+
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's rich bar, described by steps for step-based recipes: "step 1200/64000 (0:41:10
+    left)" instead of "Epoch 3/-2" (max_epochs is -1 when max_steps ends the run)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # RichProgressBar's own arguments
+        self._left = _StepsLeft()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._left.start(trainer)
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's text
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return f"epoch {current_epoch} {self._left.text(trainer)}"
+        return super()._get_train_description(current_epoch)
+
+    def _describe(self, trainer: pl.Trainer) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id,
+                                 description=self._get_train_description(trainer.current_epoch))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._describe(trainer)
+
+
+class LineProgress(ProgressBar):
+    """Plain progress for logs that are not a terminal (SLURM, nohup, CI): a line every
+    ``every_n_steps`` optimiser steps or ``every_n_seconds`` seconds, whichever comes first (step,
+    lr, the logged training metrics, time left), and one per validation; no carriage returns."""
+
+    def __init__(self, every_n_steps: int = 100, every_n_seconds: float = 60.0) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
+        self.every_n_seconds = every_n_seconds
         self._enabled = True
-        self._t0 = time.perf_counter()
+        self._t0 = self._last = time.perf_counter()
+        self._left = _StepsLeft()
 
     def disable(self) -> None:
         self._enabled = False
@@ -117,15 +174,20 @@ class LineProgress(ProgressBar):
         items = [(k, v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)]
         return " ".join(f"{k}={float(v):.4g}" for k, v in sorted(items))
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._left.start(trainer)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-            total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else "?"
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-            elapsed = time.perf_counter() - self._t0
-            self._print(f"epoch {trainer.current_epoch} step {step}/{total} lr={lr:.4g} "
-                        f"{self._metrics(trainer, 'train/')} [{elapsed:.0f}s]")
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        now = time.perf_counter()
+        if trainer.global_step % self.every_n_steps and now - self._last < self.every_n_seconds:
+            return
+        self._last = now
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        self._print(f"epoch {trainer.current_epoch} {self._left.text(trainer)} lr={lr:.4g} "
+                    f"{self._metrics(trainer, 'train/')} [{now - self._t0:.0f}s]")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -139,7 +201,7 @@ def progress_bar() -> ProgressBar:
     """A rich bar in a terminal, plain lines elsewhere (SLURM logs, CI, pipes)."""
     if sys.stdout.isatty():
         try:
-            return RichProgressBar()
+            return StepRichProgressBar()
         except ModuleNotFoundError:  # rich is a dependency, but the progress bar is not worth a crash
             pass
     return LineProgress()
