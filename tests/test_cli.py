@@ -362,3 +362,13 @@ def test_default_root_dir_is_the_run_dir_or_refused_naming_run_dir(cache_dir, tm
     run_dir = tmp_path / "root"  # without a run_dir anywhere (--run_dir null), it is the run directory
     main([*fit_args(run_dir, cache_dir, steps=2), "--run_dir", "null", "--trainer.default_root_dir", str(run_dir)])
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "metrics.csv").is_file()
+
+
+def test_a_start_that_fails_leaves_no_run_directory_behind(tmp_path, capsys):
+    run_dir = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/finetune/imagewoof_r18.yaml", *CPU, "--data.root", str(tmp_path / "nope"),
+              "--run_dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert "train/ and val/ (class folders) or train.tar.gz and val.tar.gz" in err
+    assert not run_dir.exists()  # neither fit.lock nor config.yaml left: the next start is a first start

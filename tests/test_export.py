@@ -148,3 +148,10 @@ def test_export_refuses_unsafe_pickle(tmp_path: Path, capsys) -> None:
     assert main([str(src), "--format", "onnx"]) == 2
     assert f"Refusing to load {src}" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_safetensors_export_is_readable_like_the_other_exports(tmp_path):
+    # safetensors' writer creates files 0600; an export follows the umask as torch.save's files do
+    src = export_safetensors(create_model("resnet20"), tmp_path / "m.safetensors")
+    torch.save({}, tmp_path / "m.pt")
+    assert src.stat().st_mode & 0o777 == (tmp_path / "m.pt").stat().st_mode & 0o777

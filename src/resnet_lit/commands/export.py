@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,9 @@ def export_safetensors(model: nn.Module, path: str | Path, class_names: list[str
         header["class_names"] = json.dumps(list(class_names))
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; other exports (torch.save) follow the umask
     return Path(path)
 
 

@@ -120,7 +120,8 @@ class ImageNetDataModule(ImageDataModule):
 
     def _split_dir(self, name: str) -> Path | None:
         root = require_path(Path(self.hparams.root).expanduser(), "ImageNet root",
-                            "Point root at the folder holding train/ and val/.")
+                            "Point root at the folder holding train/ and val/ (class folders) "
+                            "or train.tar.gz and val.tar.gz.")
         return resolve_split(root, name, self.hparams.cache_dir)
 
     def _samples(self, name: str) -> list[tuple[str, int]]:

@@ -43,8 +43,10 @@ class RunDirLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self._created = False  # this run made the directory: a start that failed leaves none behind
 
     def acquire(self) -> RunDirLock:
+        self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -66,9 +68,28 @@ class RunDirLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the lock
-            self._fd = None
+        """Drop the lock; a directory this run created and left without results (a start that failed
+        before the first checkpoint or metric: only the lock, config.yaml, hparams.yaml) is removed."""
+        if self._fd is None:
+            return
+        run_dir = self.path.parent
+        leftovers = {LOCK_NAME, "config.yaml", "hparams.yaml", "checkpoints"}
+        unused = self._created and all(e.name in leftovers and (e.name != "checkpoints" or not any(os.scandir(e.path)))
+                                       for e in os.scandir(run_dir))
+        if unused:
+            for name in (LOCK_NAME, "config.yaml", "hparams.yaml", "checkpoints"):
+                path = run_dir / name
+                if path.is_dir():
+                    path.rmdir()
+                elif path.exists():
+                    path.unlink()
+        os.close(self._fd)  # closing drops the lock
+        self._fd = None
+        if unused:
+            try:
+                run_dir.rmdir()
+            except OSError:  # something appeared meanwhile: keep it
+                pass
 
 
 def _read(fd: int) -> str:
