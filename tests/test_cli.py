@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -372,3 +373,27 @@ def test_a_start_that_fails_leaves_no_run_directory_behind(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train/ and val/ (class folders) or train.tar.gz and val.tar.gz" in err
     assert not run_dir.exists()  # neither fit.lock nor config.yaml left: the next start is a first start
+
+
+def test_top_level_help_fits_one_screen_and_its_examples_name_real_files(capsys, repo_root):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) <= 40 and max(len(line) for line in lines) <= 100
+    for name in ("fit", "validate", "test", "predict", "export", "report", "imagenet-val"):
+        assert f"  {name} " in out
+    for config in re.findall(r"configs/[\w/]+\.yaml", out):
+        assert (repo_root / config).is_file(), config
+
+
+def test_fit_help_starts_with_the_options_set_most_often(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    header, full = out.split("usage:", 1)
+    assert header.startswith("resnet-lit fit: the options set most often")
+    for flag in re.findall(r"^  (--[\w.]+)", header, flags=re.M):  # each one a real option of the full list
+        assert flag.startswith("--data.") or flag in full, flag

@@ -2,10 +2,11 @@
 
     resnet-lit fit --config configs/cifar10/resnet56.yaml
     resnet-lit fit --config configs/r50.yaml --config configs/trainer/ddp.yaml
-    resnet-lit test --config configs/cifar10/resnet56.yaml --ckpt_path runs/resnet56/checkpoints/last.ckpt
+    resnet-lit test --config configs/cifar10/resnet56.yaml --ckpt_path runs/cifar10/resnet56/checkpoints/last.ckpt
     resnet-lit export | report | imagenet-val ...   (see ``resnet-lit <tool> --help``)
 
-A run writes everything into one directory, ``--run_dir`` (default ``runs/<arch>``):
+A run writes everything into one directory, ``--run_dir`` (each recipe sets ``runs/<dataset>/<net>``;
+without one, ``runs/<arch>``):
 ``config.yaml``, ``metrics.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``; ``fit``
 holds its ``fit.lock`` while it runs (``runs.run_lock``). Ctrl-C or SIGTERM saves ``last.ckpt`` and exits
 with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
@@ -34,6 +35,7 @@ from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, res
 from resnet_lit.checkpointing.weights import InitWeightsError, UnsafeCheckpointError, safe_torch_load
 from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
+from resnet_lit.runs import help as help_text
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
@@ -62,7 +64,8 @@ class ResNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.__dict__.setdefault("_option_parsers", []).append(parser)  # for "did you mean" (flag_errors.py)
         parser.add_argument("--run_dir", type=str | None, default=None,
-                            help="Directory of this run (config, metrics, checkpoints). Default: runs/<model.arch>.")
+                            help="Directory of this run (config, metrics, checkpoints); each recipe sets "
+                                 "runs/<dataset>/<net>. Without one: runs/<model.arch>.")
         # Forced callbacks (Lightning's documented way): every run has them, config.yaml shows them under
         # these keys and each is configured there or on the command line (--throughput.every_n_steps 10).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")  # best-*.ckpt
@@ -331,6 +334,11 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``resnet-lit`` and ``python -m resnet_lit``; tests call it in-process."""
     from_command_line = args is None
     args = list(sys.argv[1:] if args is None else args)
+    if args[:1] in (["--help"], ["-h"]):  # one screen; `resnet-lit fit --help` has every option
+        print(help_text.OVERVIEW, end="")
+        raise SystemExit(0)
+    if args and args[0] in SUBCOMMANDS and ("--help" in args or "-h" in args):
+        print(help_text.common_options(args[0]))  # what users set most, before LightningCLI's full list
     if args[:1] in (["--version"], ["-V"]):
         from resnet_lit import __version__
 
