@@ -10,6 +10,7 @@ and masking on the host before the transfer, ``transform_batch`` on whole batche
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -87,6 +88,12 @@ class ImageDataModule(L.LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} must define transform_batch(x, train)")
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self._host_batch(batch, evaluating=self.trainer is not None and not self.trainer.training)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self._device_batch(batch, train=self.trainer is not None and self.trainer.training)
+
+    def _host_batch(self, batch: Any, evaluating: bool) -> Any:
         # ImageFiles batches are (x, target, bad): count skipped images while the counts are still on
         # the host (no device sync per step). In training the substitute for a bad image is learnt from
         # (the batch keeps its static shape); in validation and test its label becomes SKIPPED_LABEL,
@@ -94,7 +101,6 @@ class ImageDataModule(L.LightningDataModule):
         if isinstance(batch, (list, tuple)) and len(batch) == 3:
             x, target, bad = batch
             self._count_skipped(bad)
-            evaluating = self.trainer is not None and not self.trainer.training
             if isinstance(target, (tuple, list)):  # predict: paths (default_collate gives a tuple)
                 target = [None if evaluating and b else p for p, b in zip(target, bad.tolist())]
             elif evaluating and bool(bad.any()):
@@ -102,14 +108,37 @@ class ImageDataModule(L.LightningDataModule):
             return x, target
         return batch
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def _device_batch(self, batch: Any, train: bool) -> Any:
         x, target = batch
         if isinstance(x, torch.Tensor) and x.dtype != torch.uint8:  # already processed (a user's own float loader)
             return batch
-        train = self.trainer is not None and self.trainer.training
         if isinstance(x, (list, tuple)):  # multi-scale test views
             return [self.transform_batch(v, train=False) for v in x], target
         return self.transform_batch(x, train), target
+
+    # ------------------------------------------------------------------ outside a Trainer
+    def batches(self, split: str = "train", device: str | torch.device = "cpu") -> Iterator[tuple[Any, Any]]:
+        """``(x, y)`` batches as the model takes them, outside a Trainer (a notebook, a loop of your own).
+
+        The loaders alone give what the workers make (uint8 images; ImageFolder batches also carry a
+        bad-image flag): a Trainer finishes each batch in the batch hooks. This does the same for
+        ``split`` ("train", "val", "test" or "predict"): skipped-image handling, the transfer to
+        ``device``, then normalisation (and, for "train", augmentation) on the device::
+
+            dm = CIFARDataModule(root="../shared/data/cifar10-jpeg", batch_size=128)
+            x, y = next(dm.batches("train"))    # float [128, 3, 32, 32], normalised and augmented
+        """
+        loaders = {"train": self.train_dataloader, "val": self.val_dataloader, "test": self.test_dataloader,
+                   "predict": self.predict_dataloader}
+        if split not in loaders:
+            raise ValueError(f"split {split!r}: use one of {', '.join(loaders)}")
+        self.setup({"train": "fit", "val": "fit"}.get(split, split))
+        device = torch.device(device)
+        for batch in loaders[split]():
+            x, target = self._host_batch(batch, evaluating=split != "train")
+            x = [v.to(device) for v in x] if isinstance(x, (list, tuple)) else x.to(device)
+            target = target.to(device) if isinstance(target, torch.Tensor) else target
+            yield self._device_batch((x, target), train=split == "train")
 
     # ------------------------------------------------------------------ skipped images
     def _count_skipped(self, bad: torch.Tensor) -> None:
