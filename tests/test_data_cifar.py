@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from resnet_lit.data import CIFARDataModule, ShardSampler, cifar_io, shard_indices
+from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.transforms import cifar_augment, normalize
 
 CIFAR10_ORDER = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -129,11 +130,14 @@ def test_missing_root_and_offline_download_errors(tmp_path: Path, monkeypatch) -
 
     import torchvision.datasets
 
-    def offline(*args, **kwargs):
-        raise OSError("network is unreachable")
+    class Offline:  # torchvision's CIFAR10 on a machine without internet (test_broken_inputs.py: a real one)
+        url = torchvision.datasets.CIFAR10.url
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(RuntimeError, match="copy torchvision's cifar-10-batches-py"):
+        def __init__(self, *args, **kwargs):
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(DownloadError, match=r"could not download cifar10 from .* \(OSError: network is unreachable\)"):
         CIFARDataModule(str(tmp_path), download=True).classes
 
 
