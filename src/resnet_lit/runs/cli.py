@@ -15,7 +15,6 @@ with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,10 @@ from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
 from resnet_lit.runs import help as help_text
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
-from resnet_lit.runs.console import print_model_line, silence_noise, silence_resume_noise
+from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
 from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
-from resnet_lit.runs.flag_errors import one_line, option_strings
+from resnet_lit.runs.flag_errors import check_config_files, one_line, option_strings
 from resnet_lit.runs.interrupt import StopOnSignal, exit_status
 from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
@@ -193,7 +192,7 @@ class ResNetCLI(LightningCLI):
         if self.config_init[self.subcommand].get("ckpt_path"):
             silence_resume_noise()
         print_model_line(self.model)
-        _cpu_note(self.trainer, self.model)
+        cpu_note(self.trainer, self.model)
 
     def _evaluate_init_weights(self) -> None:
         # validate / test / predict without --ckpt_path evaluate --model.init_weights (fit reads them
@@ -202,29 +201,6 @@ class ResNetCLI(LightningCLI):
             self.model.load_init_weights(num_classes_change="error")
 
     before_validate = before_test = before_predict = _evaluate_init_weights
-
-
-def _cpu_note(trainer: Trainer, model: Any) -> None:
-    """A GPU recipe started without a GPU runs, but slower than it could: say what to add."""
-    if trainer.strategy.root_device.type != "cpu" or trainer.global_rank != 0:
-        return
-    notes = []
-    if getattr(model, "hparams", {}).get("compile", False) is not False:
-        notes.append("the model is compiled (30-60 s before the first step on a CPU, about 1.1x faster after)")
-    if "bf16" in str(trainer.precision) and not _cpu_has_bf16():
-        notes.append(f"precision {trainer.precision} on a CPU without bf16 instructions (emulated: slow)")
-    if notes:
-        print("resnet-lit: note: training on the CPU; " + "; ".join(notes) + ". `--config configs/trainer/cpu.yaml` "
-              "runs 32-bit, eager and channels-last (docs/benchmarks.md).", file=sys.stderr, flush=True)
-
-
-def _cpu_has_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -310,26 +286,6 @@ def _run_tool(name: str, argv: list[str]) -> int:
     return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
 
 
-def _check_config_files(args: list[str]) -> None:
-    """A missing --config (-c) file is the most common mistake: name it in one line."""
-    for i, arg in enumerate(args):
-        flag, path = _config_file(arg, args[i + 1] if i + 1 < len(args) else None)
-        if path is not None and not Path(path).is_file():
-            _fail(f"{flag} {path}: no such file (relative paths are read from {os.getcwd()}).")
-
-
-def _config_file(arg: str, following: str | None) -> tuple[str, str | None]:
-    """The config file an argument names: ``--config F``, ``--config=F``, ``-c F``, ``-c=F`` or ``-cF``."""
-    for flag in ("--config", "-c"):
-        if arg == flag:
-            return flag, following
-        if arg.startswith(flag + "="):
-            return flag, arg[len(flag) + 1 :]
-    if arg.startswith("-c") and not arg.startswith("--"):
-        return "-c", arg[2:]
-    return "", None
-
-
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``resnet-lit`` and ``python -m resnet_lit``; tests call it in-process."""
     from_command_line = args is None
@@ -350,7 +306,7 @@ def main(args: list[str] | None = None) -> None:
         given = f" {args[0]!r} is not one." if args else ""
         _fail(f"give a command: {', '.join(SUBCOMMANDS)}, or a tool: {', '.join(TOOLS)}.{given} "
               "`resnet-lit --help` and `resnet-lit fit --help` list the options.")
-    _check_config_files(args)
+    check_config_files(args, fail=_fail)
     silence_noise()
     try:
         _cli(None if from_command_line else args)

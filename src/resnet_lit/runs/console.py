@@ -14,12 +14,14 @@ Silenced (each is true in general, but says nothing a resnet-lit user can act on
 
 Lightning's model summary table is replaced by :func:`model_line` (its FLOPs column reads 0
 without an example input): parameters and the paper's multiply-adds, counted on the network.
+:func:`cpu_note` says what a GPU recipe started on a CPU should add.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -73,3 +75,26 @@ def print_model_line(module: Any) -> None:
     line = model_line(module)
     if line:
         rank_zero_info(line)
+
+
+def cpu_note(trainer: Any, model: Any) -> None:
+    """A GPU recipe started without a GPU runs, but slower than it could: say what to add."""
+    if trainer.strategy.root_device.type != "cpu" or trainer.global_rank != 0:
+        return
+    notes = []
+    if getattr(model, "hparams", {}).get("compile", False) is not False:
+        notes.append("the model is compiled (30-60 s before the first step on a CPU, about 1.1x faster after)")
+    if "bf16" in str(trainer.precision) and not _cpu_has_bf16():
+        notes.append(f"precision {trainer.precision} on a CPU without bf16 instructions (emulated: slow)")
+    if notes:
+        print("resnet-lit: note: training on the CPU; " + "; ".join(notes) + ". `--config configs/trainer/cpu.yaml` "
+              "runs 32-bit, eager and channels-last (docs/benchmarks.md).", file=sys.stderr, flush=True)
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

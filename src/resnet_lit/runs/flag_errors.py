@@ -17,8 +17,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _GROUP = re.compile(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'")
@@ -124,3 +126,23 @@ def _init_parameters(class_path: str) -> list[str]:
         return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
+
+
+def check_config_files(args: list[str], fail: Callable[[str], None]) -> None:
+    """A missing --config (-c) file is the most common mistake: name it in one line."""
+    for i, arg in enumerate(args):
+        flag, path = _config_file(arg, args[i + 1] if i + 1 < len(args) else None)
+        if path is not None and not Path(path).is_file():
+            fail(f"{flag} {path}: no such file (relative paths are read from {os.getcwd()}).")
+
+
+def _config_file(arg: str, following: str | None) -> tuple[str, str | None]:
+    """The config file an argument names: ``--config F``, ``--config=F``, ``-c F``, ``-c=F`` or ``-cF``."""
+    for flag in ("--config", "-c"):
+        if arg == flag:
+            return flag, following
+        if arg.startswith(flag + "="):
+            return flag, arg[len(flag) + 1 :]
+    if arg.startswith("-c") and not arg.startswith("--"):
+        return "-c", arg[2:]
+    return "", None
