@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torchmetrics.aggregation import SumMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
 from resnet_lit.checkpointing.readable import CheckpointFileError
@@ -27,6 +25,7 @@ from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.data.decode import SKIPPED_LABEL
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
+from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures
 from resnet_lit.training.finetune import Freeze, apply_freeze, param_groups
 from resnet_lit.training.nonfinite import (
     NonFiniteLossError,
@@ -114,17 +113,8 @@ class ImageClassifier(pl.LightningModule):
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self._top5 = min(5, num_classes)
-        # Evaluation counts each readable image once: a batch slot whose image was unreadable (skip mode)
-        # has the label SKIPPED_LABEL, which the accuracies ignore and the loss and image counts leave out.
-        # validate_args=False and nan_strategy="disable": the checks would sync the GPU on every step.
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro", validate_args=False,
-                                                  ignore_index=SKIPPED_LABEL)
-            for stage in ("val", "test") for name, k in (("acc1", 1), ("acc5", self._top5))
-        } | {  # summed over the epoch and, under DDP, over ranks (no state in the state dict)
-            f"{stage}_{name}": SumMetric(nan_strategy="disable")
-            for stage in ("val", "test") for name in ("loss_sum", "images", "skipped")
-        })
+        # validation and test: accuracies, loss and image counts, exact over ranks and skipped images
+        self.metrics = nn.ModuleDict({stage: EvalMetrics(num_classes, self._top5) for stage in ("val", "test")})
         self.train_accuracy = TrainAccuracy(self._top5)  # counted on the hot path, not by torchmetrics
         self._nonfinite = NonFiniteWatch()  # a loss that is not finite stops the run (training/nonfinite.py)
         self._compiled = False
@@ -208,7 +198,8 @@ class ImageClassifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         rates = self.train_accuracy.compute(self._sum_over_ranks, self.device)
         if rates is not None:  # None: nothing seen (an epoch end replayed after a resume), no made-up row
-            self._log_accuracies("train", torch.tensor(rates[0]), torch.tensor(rates[1]))
+            for name, value in accuracy_figures(*rates).items():
+                self.log(f"train/{name}", value, prog_bar=name == "error", rank_zero_only=True)
 
     def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(t, reduce_op="sum")
@@ -238,33 +229,13 @@ class ImageClassifier(pl.LightningModule):
         else:  # several crops or scales: average probabilities, as the paper's 10-crop testing
             scores = self.predict_probs(x)
             losses = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="none", ignore_index=SKIPPED_LABEL)
-        skipped = y == SKIPPED_LABEL
-        self.metrics[f"{stage}_acc1"].update(scores, y)
-        self.metrics[f"{stage}_acc5"].update(scores, y)
-        self.metrics[f"{stage}_loss_sum"].update(losses.float().sum())  # 0 for a skipped slot
-        self.metrics[f"{stage}_images"].update((~skipped).sum())
-        self.metrics[f"{stage}_skipped"].update(skipped.sum())
+        self.metrics[stage].update(scores, y, losses)
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        # compute() reduces over all ranks; errors are in percent, as the paper reports them.
-        if self.metrics[f"{stage}_acc1"].update_count == 0:
-            return  # nothing seen (an epoch end replayed after a resume): no row of made-up errors
-        names = ("acc1", "acc5", "loss_sum", "images", "skipped")
-        acc1, acc5, loss_sum, images, skipped = (self.metrics[f"{stage}_{name}"].compute() for name in names)
-        for name in names:
-            self.metrics[f"{stage}_{name}"].reset()
-        self._log_accuracies(stage, acc1, acc5)
-        # The mean loss and the number of images evaluated, over all ranks; the images skipped as unreadable
-        # (on_bad_image="skip") when there were any.
-        self.log(f"{stage}/loss", loss_sum / images.clamp_min(1), rank_zero_only=True)
-        self.log(f"{stage}/images", images.float(), rank_zero_only=True)
-        if skipped > 0:
-            self.log(f"{stage}/skipped_images", skipped.float(), rank_zero_only=True)
-
-    def _log_accuracies(self, stage: str, acc1: torch.Tensor, acc5: torch.Tensor) -> None:
-        values = {"acc1": acc1, "acc5": acc5, "error": 100 * (1 - acc1), "error5": 100 * (1 - acc5)}
-        for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "error", rank_zero_only=True)
+        values = self.metrics[stage].compute()
+        if values is not None:
+            for name, value in values.items():
+                self.log(f"{stage}/{name}", value, prog_bar=name == "error", rank_zero_only=True)
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:

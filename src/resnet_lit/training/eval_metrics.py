@@ -1,0 +1,56 @@
+"""EvalMetrics: what one validation or test epoch measures, counted exactly over every rank.
+
+Top-1 and top-k accuracy, the mean loss and the number of images evaluated, each summed over the
+epoch and, under DDP, over ranks by torchmetrics (``compute`` reduces). A batch slot whose image was
+unreadable (``on_bad_image: skip``) has the label ``SKIPPED_LABEL``: the accuracies ignore it, the
+loss and the image count leave it out, and it is counted as skipped. ``validate_args=False`` and
+``nan_strategy="disable"``: their checks would synchronise the GPU on every step. The states are not
+persistent (not in checkpoints), as torchmetrics' default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.aggregation import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from resnet_lit.data.decode import SKIPPED_LABEL
+
+
+def accuracy_figures(acc1: Any, acck: Any) -> dict[str, Any]:
+    """The columns logged for top-1 and top-k accuracy (fractions): also the errors, in percent."""
+    return {"acc1": acc1, "acc5": acck, "error": 100 * (1 - acc1), "error5": 100 * (1 - acck)}
+
+
+class EvalMetrics(nn.Module):
+    def __init__(self, num_classes: int, top_k: int = 5) -> None:
+        super().__init__()
+        self.acc1, self.acck = (MulticlassAccuracy(num_classes, top_k=k, average="micro", validate_args=False,
+                                                   ignore_index=SKIPPED_LABEL) for k in (1, top_k))
+        self.loss_sum, self.images, self.skipped = (SumMetric(nan_strategy="disable") for _ in range(3))
+
+    def update(self, scores: torch.Tensor, y: torch.Tensor, losses: torch.Tensor) -> None:
+        """``losses``: per image, 0 for a skipped slot (``ignore_index=SKIPPED_LABEL``)."""
+        skipped = y == SKIPPED_LABEL
+        self.acc1.update(scores, y)
+        self.acck.update(scores, y)
+        self.loss_sum.update(losses.float().sum())
+        self.images.update((~skipped).sum())
+        self.skipped.update(skipped.sum())
+
+    def compute(self) -> dict[str, torch.Tensor] | None:
+        """The epoch's figures over all ranks (errors in percent, as the paper reports them), then reset;
+        None when nothing was seen (an epoch end replayed after a resume: no row of made-up errors)."""
+        if self.acc1.update_count == 0:
+            return None
+        parts = (self.acc1, self.acck, self.loss_sum, self.images, self.skipped)
+        acc1, acck, loss_sum, images, skipped = (m.compute() for m in parts)
+        for m in parts:
+            m.reset()
+        out = {**accuracy_figures(acc1, acck), "loss": loss_sum / images.clamp_min(1), "images": images.float()}
+        if skipped > 0:
+            out["skipped_images"] = skipped.float()
+        return out
