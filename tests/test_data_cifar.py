@@ -3,6 +3,7 @@ augmentation's statistics; per-rank sharding."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import re
 from pathlib import Path
@@ -376,3 +377,13 @@ def test_download_under_ddp_fetches_once_per_node(tmp_path: Path, monkeypatch: p
     assert len(downloads) == 1
     assert names == [CIFAR10_ORDER, CIFAR10_ORDER]
     assert all(dm._data is None for dm in ranks)  # the data is read in prepare_data / setup, not by the link
+
+
+def test_the_one_time_decode_says_how_far_it_is(cifar_root: Path, capsys) -> None:
+    # Decoding the archive takes tens of seconds once: a line every few seconds (here every image).
+    items = itertools.islice(cifar_io.iter_tar_images(cifar_root / "test.tar.gz"), 3)
+    images, labels, skipped = cifar_io._decode_all(items, "error", "test.tar.gz", every_s=0)
+    assert len(images) == 3 and skipped == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("resnet-lit: decoding test.tar.gz: 0 images so far (")
+    assert lines[-1].startswith("resnet-lit: decoding test.tar.gz: 2 images so far (")

@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 
 from .cache import cache_root, load_tensors, save_tensors, source_key
 from .decode import BadImageError, bad_image_message, decode_rgb, skipped_message
-from .folder import check_same_classes, find_archive, iter_tar_images, scan_image_folder, shown
+from .folder import check_same_classes, find_archive, iter_tar_images, progress, scan_image_folder, shown
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,16 @@ def _read_pickles(kind: str, files: list[Path]) -> dict:
             "skipped": 0}
 
 
-def _decode_all(items, on_bad_image: str) -> tuple[list[torch.Tensor], list[str], int]:
-    """Decode ``(class, name, bytes)`` items to [3, 32, 32]; bad files raise or are skipped and counted."""
+def _decode_all(items, on_bad_image: str, source: object = "", every_s: float = 10.0
+                ) -> tuple[list[torch.Tensor], list[str], int]:
+    """Decode ``(class, name, bytes)`` items to [3, 32, 32]; bad files raise or are skipped and counted.
+    A line every ``every_s`` seconds says how far the decoding of ``source`` is (done once, then cached)."""
     images, labels, skipped = [], [], 0
+    started = last = time.perf_counter()
     for cls, name, data in items:
+        if time.perf_counter() - last >= every_s:
+            last = time.perf_counter()
+            progress(f"decoding {source}: {len(images):,} images so far ({last - started:.0f} s; once, then cached)")
         try:
             x = decode_rgb(data, name)
             if x.shape[-2:] != (32, 32):
@@ -155,7 +162,7 @@ def _read_images(kind: str, files: list[Path], on_bad_image: str) -> dict:
     splits = {}
     for split, src in zip(("train", "test"), files):
         items = iter_tar_images(src) if kind == "archive" else _folder_items(src, on_bad_image)
-        images, names, skipped = _decode_all(items, on_bad_image)
+        images, names, skipped = _decode_all(items, on_bad_image, src)
         if not images:
             raise ValueError(f"{src} holds no readable images")
         splits[split] = (images, names, skipped, sorted(set(names)))
@@ -184,9 +191,11 @@ def load_cifar(root: str | os.PathLike, *, cache_dir: str | None = None, on_bad_
     if cached is not None:
         log.info("CIFAR: loaded decoded images from cache %s", path)
         return cached
-    log.info("CIFAR: decoding %s (once; cached in %s)", root, path)
+    started = time.perf_counter()
+    progress(f"decoding the CIFAR images of {root} (once; cached in {path}) ...")
     data = _read_images(kind, files, on_bad_image)
     save_tensors(data, path)
+    progress(f"decoded {len(data['train_y']) + len(data['test_y']):,} images in {time.perf_counter() - started:.0f} s")
     return data
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +42,11 @@ def is_image_name(name: str) -> bool:
 def shown(path: Path) -> str:
     """``path`` for an error message; a relative one also as the absolute path it was read as."""
     return str(path) if path.is_absolute() else f"{path} (read as {path.absolute()})"
+
+
+def progress(message: str) -> None:
+    """A line on stderr about slow one-time data work (extracting, decoding), where a user waits for it."""
+    print(f"resnet-lit: {message}", file=sys.stderr, flush=True)
 
 
 def require_path(path: Path, what: str, hint: str = "") -> Path:
@@ -158,9 +165,11 @@ def resolve_split(root: Path, split: str, cache_dir: str | None) -> Path | None:
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    log.info("extracting %s to %s (once)", archive, final)
+    started = time.perf_counter()
+    progress(f"extracting {archive} to {final} (once; later runs reuse it) ...")
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{split}-"))
     extract_archive(archive, tmp)
+    progress(f"extracted {archive} in {time.perf_counter() - started:.0f} s")
     inner = [p for p in tmp.iterdir()]
     # an archive that wraps the tree in one folder named after the split (train/<class>/...) is unwrapped
     src = inner[0] if len(inner) == 1 and inner[0].name == split and inner[0].is_dir() else tmp
