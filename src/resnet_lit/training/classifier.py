@@ -26,7 +26,7 @@ from resnet_lit.data.decode import SKIPPED_LABEL
 from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures
-from resnet_lit.training.finetune import Freeze, apply_freeze, param_groups
+from resnet_lit.training.finetune import Freeze, apply_freeze
 from resnet_lit.training.nonfinite import (
     NonFiniteLossError,
     NonFiniteWatch,
@@ -34,15 +34,7 @@ from resnet_lit.training.nonfinite import (
     nonfinite_tensors,
     stop_message,
 )
-from resnet_lit.training.schedules import (
-    OptimizerConfig,
-    ScheduleConfig,
-    build_optimizer,
-    build_scheduler,
-    global_batch_size,
-    scaled_lr,
-    steps_per_epoch,
-)
+from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training
 from resnet_lit.training.train_accuracy import TrainAccuracy
 
 log = logging.getLogger("resnet_lit")
@@ -239,25 +231,7 @@ class ImageClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        cfg, schedule, trainer = self.optim_cfg, self.schedule_cfg, self.trainer
-        per_device = _per_device_batch(trainer)
-        batch = global_batch_size(per_device, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
-        lr = scaled_lr(cfg.lr, cfg.reference_batch, batch)
-        rank_zero_info(
-            f"global batch {batch} = {per_device} per device x {trainer.num_devices} device(s) x "
-            f"{trainer.num_nodes} node(s) x {trainer.accumulate_grad_batches} accumulation; "
-            f"lr {lr:.6g} = {cfg.lr:g} x {batch}/{cfg.reference_batch}"
-        )
-        groups = param_groups(self.model, lr, cfg.backbone_lr_scale, cfg.weight_decay, cfg.no_decay_bn_bias)
-        optimizer = build_optimizer(cfg, groups, lr, self.device)
-        if schedule.kind == "plateau" and schedule.warmup_steps:
-            rank_zero_info("schedule.warmup_steps is ignored by the plateau schedule")
-        total = int(trainer.estimated_stepping_batches) if schedule.needs_total_steps else None
-        per_epoch = None
-        if schedule.needs_steps_per_epoch:  # from the loader's length: max_steps may end the run early
-            _ = trainer.estimated_stepping_batches  # sets up the train loader, so num_training_batches is known
-            per_epoch = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
-        return build_scheduler(optimizer, schedule, total, per_epoch)
+        return configure_training(self.model, self.optim_cfg, self.schedule_cfg, self.trainer)
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -302,14 +276,3 @@ def _lr(trainer: pl.Trainer) -> float:
     """The learning rate of the first parameter group, as the progress lines show it."""
     optimizers = trainer.optimizers if trainer is not None else []
     return float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")
-
-
-def _per_device_batch(trainer: pl.Trainer) -> int:
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None and getattr(datamodule, "batch_size", None):
-        return int(datamodule.batch_size)
-    loader = trainer.train_dataloader if trainer.train_dataloader is not None else None
-    size = getattr(loader, "batch_size", None)
-    if size:
-        return int(size)
-    raise ValueError("cannot tell the per-device batch size: give the DataModule a `batch_size` attribute")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 __all__ = [
     "OptimizerConfig", "ScheduleConfig", "global_batch_size", "scaled_lr", "steps_per_epoch", "lr_factor",
@@ -188,3 +189,41 @@ def build_scheduler(
         optimizer, lambda step: lr_factor(step, schedule, total_steps, steps_per_epoch)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+def configure_training(model: nn.Module, cfg: OptimizerConfig, schedule: ScheduleConfig, trainer: Any) -> Any:
+    """What ``configure_optimizers`` returns: the optimiser over ``model``'s parameter groups (frozen ones
+    left out, the backbone at ``backbone_lr_scale``) at the lr scaled to the global batch, and the schedule.
+    Prints the global batch and the lr it uses."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from resnet_lit.training.finetune import param_groups
+
+    per_device = _per_device_batch(trainer)
+    batch = global_batch_size(per_device, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
+    lr = scaled_lr(cfg.lr, cfg.reference_batch, batch)
+    rank_zero_info(
+        f"global batch {batch} = {per_device} per device x {trainer.num_devices} device(s) x "
+        f"{trainer.num_nodes} node(s) x {trainer.accumulate_grad_batches} accumulation; "
+        f"lr {lr:.6g} = {cfg.lr:g} x {batch}/{cfg.reference_batch}"
+    )
+    groups = param_groups(model, lr, cfg.backbone_lr_scale, cfg.weight_decay, cfg.no_decay_bn_bias)
+    optimizer = build_optimizer(cfg, groups, lr, next(model.parameters()).device)
+    if schedule.kind == "plateau" and schedule.warmup_steps:
+        rank_zero_info("schedule.warmup_steps is ignored by the plateau schedule")
+    total = int(trainer.estimated_stepping_batches) if schedule.needs_total_steps else None
+    per_epoch = None
+    if schedule.needs_steps_per_epoch:  # from the loader's length: max_steps may end the run early
+        _ = trainer.estimated_stepping_batches  # sets up the train loader, so num_training_batches is known
+        per_epoch = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
+    return build_scheduler(optimizer, schedule, total, per_epoch)
+
+
+def _per_device_batch(trainer: Any) -> int:
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and getattr(datamodule, "batch_size", None):
+        return int(datamodule.batch_size)
+    loader = trainer.train_dataloader if trainer.train_dataloader is not None else None
+    size = getattr(loader, "batch_size", None)
+    if size:
+        return int(size)
+    raise ValueError("cannot tell the per-device batch size: give the DataModule a `batch_size` attribute")
