@@ -397,3 +397,17 @@ def test_fit_help_starts_with_the_options_set_most_often(capsys):
     assert header.startswith("resnet-lit fit: the options set most often")
     for flag in re.findall(r"^  (--[\w.]+)", header, flags=re.M):  # each one a real option of the full list
         assert flag.startswith("--data.") or flag in full, flag
+
+
+def test_optional_forced_callbacks_can_be_switched_off(cache_dir, tmp_path, capsys):
+    run_dir = tmp_path / "off"
+    main(fit_args(run_dir, cache_dir, "--callbacks_off", "[throughput, lr_monitor, checkpoint]", steps=2))
+    columns = set(read_metrics(run_dir)[0])
+    assert "train/loss" in columns and not {c for c in columns if c == "lr" or c.startswith(("lr/", "train/images"))}
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]  # no best-*.ckpt; resume kept
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["callbacks_off"] == [
+        "throughput", "lr_monitor", "checkpoint"]
+    with pytest.raises(SystemExit):  # the callbacks that make resume exact stay on
+        main(fit_args(tmp_path / "x", cache_dir, "--callbacks_off", "[rng_state]"))
+    assert "--callbacks_off [rng_state]: expected one of checkpoint, throughput, lr_monitor, predictions" in \
+        capsys.readouterr().err

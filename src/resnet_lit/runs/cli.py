@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, Trainer
@@ -53,6 +53,8 @@ TOOLS = {
     "imagenet-val": "resnet_lit.commands.imagenet_val:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Forced callbacks a run may leave out (--callbacks_off); the others make resume exact.
+OptionalCallback = Literal["checkpoint", "throughput", "lr_monitor", "predictions"]
 _RUN_LOCKS: list[RunDirLock] = []  # held until main() returns (tests run several fits in one process)
 _run_dir: list[Path] = []  # the run directory of the command under way, for the messages of main()
 
@@ -77,6 +79,10 @@ class ResNetCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRate, "lr_monitor")  # lr (one column unless groups differ)
         # predict: a CSV of top-5 classes per image (--predictions.output, default <run_dir>/predictions.csv)
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_argument("--callbacks_off", type=list[OptionalCallback], default=[],
+                            help="Forced callbacks to leave out of this run, e.g. '[throughput, lr_monitor]'. "
+                                 "The ones that make resume exact (last_checkpoint, rng_state, "
+                                 "epoch_end_loop_state, stop_on_signal) stay on.")
         parser.set_defaults({
             "lr_monitor.logging_interval": "step",
             "checkpoint.monitor": "val/error",
@@ -185,7 +191,10 @@ class ResNetCLI(LightningCLI):
         plugins = _as_list(config.trainer.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())  # a kill mid-write never leaves a corrupt last.ckpt
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
+        trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        off = {id(config[key]) for key in config.get("callbacks_off") or []}
+        trainer.callbacks = [c for c in trainer.callbacks if id(c) not in off]
+        return trainer
 
     def before_fit(self) -> None:
         fresh_store_for_restart()  # torchrun --max-restarts: the restarted group must not meet on stale keys
