@@ -31,7 +31,7 @@ from resnet_lit.training.nonfinite import (
     NonFiniteLossError,
     NonFiniteWatch,
     gather_ranks,
-    nonfinite_tensors,
+    refuse_nonfinite_checkpoint,
     stop_message,
 )
 from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training
@@ -235,13 +235,7 @@ class ImageClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Never a checkpoint with weights that are not finite (over last.ckpt, the one to resume from).
-        bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
-        if bad:
-            raise NonFiniteLossError(stop_message(
-                f"the weights are not finite at step {checkpoint.get('global_step')} ({len(bad)} tensors, "
-                f"the first {bad[0]}; the loss is checked every --trainer.log_every_n_steps), so the checkpoint "
-                "was not written", self._trainer))
+        refuse_nonfinite_checkpoint(checkpoint, self._trainer)
         # The epoch's running training accuracy so far, so that a mid-epoch resume logs the whole
         # epoch's figure. None after an epoch end (logged and reset by then), and none in the
         # validation after an epoch's last batch: resumed from there, Lightning replays only

@@ -107,3 +107,14 @@ def stop_message(what: str, trainer: Any) -> str:
     return (f"{what}; nothing was saved after it. The last good checkpoint is {path}{at}: resuming it "
             "(--ckpt_path last) repeats the same steps; to lower the learning rate, start a new run from its "
             f"weights (--model.init_weights {path} --run_dir NEW_DIR).")
+
+
+def refuse_nonfinite_checkpoint(checkpoint: dict[str, Any], trainer: Any) -> None:
+    """Never a checkpoint with weights that are not finite (over last.ckpt, the one to resume from):
+    ``NonFiniteLossError`` naming the step, the tensors and the last good checkpoint instead."""
+    bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
+    if bad:
+        raise NonFiniteLossError(stop_message(
+            f"the weights are not finite at step {checkpoint.get('global_step')} ({len(bad)} tensors, "
+            f"the first {bad[0]}; the loss is checked every --trainer.log_every_n_steps), so the checkpoint "
+            "was not written", trainer))
