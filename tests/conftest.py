@@ -54,3 +54,15 @@ def shared_decode_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("RESNET_LIT_CACHE", None)
     else:
         os.environ["RESNET_LIT_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def reference_run(repo_root: Path, cifar_root: Path, tmp_path_factory) -> Path:
+    """One uninterrupted run of ``fit_helpers.exact_fit``, which the interrupted and resumed runs of
+    test_resume.py and test_interrupt.py must match bit for bit."""
+    from fit_helpers import exact_fit
+
+    run = tmp_path_factory.mktemp("reference") / "run"
+    done = exact_fit(repo_root, cifar_root, run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run

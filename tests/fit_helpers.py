@@ -58,3 +58,20 @@ def run_fit(repo_root: Path, args: Sequence[str], timeout: float = 300) -> subpr
     """``resnet-lit fit ARGS`` from the project's root, in a fresh process; output captured."""
     command = [str(Path(sys.executable).parent / "resnet-lit"), "fit", *args]
     return subprocess.run(command, cwd=repo_root, env=fit_env(), capture_output=True, text=True, timeout=timeout)
+
+
+# The run that the exact-resume tests (test_resume.py, test_interrupt.py) interrupt and compare:
+# 128 images / 32 = 4 steps an epoch, 8 steps in all; every row of metrics.csv is logged (one per step).
+EXACT_STEPS = 8
+
+
+def exact_fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str,
+              steps: int = EXACT_STEPS) -> subprocess.CompletedProcess:
+    """The exact-resume tests' small deterministic fit, in a fresh process."""
+    args = small_fit_args(run_dir, root=cifar_root, subset=128, steps=steps, width=0.25, extra=[
+        "--trainer.deterministic", "true",
+        # Lightning 2.6 refreshes last.ckpt only when a monitored checkpoint is saved at that step;
+        # without a monitor every epoch's checkpoint (and so last.ckpt) is written.
+        "--checkpoint.monitor", "null", *extra,
+    ])
+    return run_fit(repo_root, args)

@@ -57,15 +57,6 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def reference_run(repo_root: Path, cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted 8-step run that the interrupted ones must match (test_resume's configuration)."""
-    run = tmp_path_factory.mktemp("reference") / "run"
-    done = _fit(repo_root, cifar_root, run)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run
-
-
 # ------------------------------------------------------------------------- SIGINT / SIGTERM
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

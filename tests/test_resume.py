@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fit_helpers import run_fit, small_fit_args
+from fit_helpers import EXACT_STEPS, exact_fit
 
 from resnet_lit.checkpointing.atomic_write import (
     TMP_PREFIX,
@@ -124,19 +124,7 @@ def test_sigkill_during_write_never_corrupts(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------ bit-exact resume through the real CLI (SIGKILL)
-# 128 images / 32 = 4 steps an epoch, 8 steps in all; every row of metrics.csv is logged (one per step).
-STEPS = 8
-
-
-def _fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str,
-         steps: int = STEPS) -> subprocess.CompletedProcess:
-    args = small_fit_args(run_dir, root=cifar_root, subset=128, steps=steps, width=0.25, extra=[
-        "--trainer.deterministic", "true",
-        # Lightning 2.6 refreshes last.ckpt only when a monitored checkpoint is saved at that step;
-        # without a monitor every epoch's checkpoint (and so last.ckpt) is written.
-        "--checkpoint.monitor", "null", *extra,
-    ])
-    return run_fit(repo_root, args)
+STEPS, _fit = EXACT_STEPS, exact_fit  # the run the tests below interrupt (fit_helpers.py)
 
 
 def _kill_at(step: int) -> str:
@@ -170,15 +158,6 @@ def _losses(run_dir: Path) -> list[tuple[int, int, str]]:
 
 def _epoch_rows(run_dir: Path, key: str) -> list[tuple[int, str]]:
     return [(int(r["epoch"]), r[key]) for r in _metrics(run_dir) if r.get(key)]
-
-
-@pytest.fixture(scope="module")
-def reference_run(repo_root: Path, cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted 8-step run that the interrupted ones must match."""
-    run = tmp_path_factory.mktemp("reference") / "run"
-    done = _fit(repo_root, cifar_root, run)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return run
 
 
 @pytest.mark.slow
