@@ -9,35 +9,26 @@ so state-dict keys are the same with ``compile`` on or off.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
 from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
-from resnet_lit.data.decode import SKIPPED_LABEL
-from resnet_lit.lightning_private import epoch_batches_done_and_validating, should_update_logs
+from resnet_lit.lightning_private import should_update_logs
 from resnet_lit.models import create_model
-from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures
+from resnet_lit.training.compiling import call_eagerly, compile_in_place
+from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
 from resnet_lit.training.finetune import Freeze, apply_freeze
-from resnet_lit.training.nonfinite import (
-    NonFiniteLossError,
-    NonFiniteWatch,
-    gather_ranks,
-    refuse_nonfinite_checkpoint,
-    stop_message,
-)
+from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
 from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training
 from resnet_lit.training.train_accuracy import TrainAccuracy
 
-log = logging.getLogger("resnet_lit")
 
 class ImageClassifier(pl.LightningModule):
     """Image classification with a residual network.
@@ -65,9 +56,7 @@ class ImageClassifier(pl.LightningModule):
             ``fullgraph``, ``dynamic``) for the backbone.
         channels_last: keep weights and inputs in NHWC (faster convolutions on tensor cores).
         compile_eval: with ``compile``, also run validation, test and predict through the compiled
-            backbone (the default). ``False`` evaluates eagerly: the eval-mode graph is never
-            compiled, so a short last batch or the train/eval switch costs no recompilation and,
-            with ``mode: reduce-overhead``, no CUDA-graph recording (docs/benchmarks.md).
+            backbone (the default); ``False`` evaluates eagerly (training/compiling.py).
     """
 
     def __init__(
@@ -117,10 +106,8 @@ class ImageClassifier(pl.LightningModule):
             apply_freeze(self.model, self.hparams.freeze)
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.hparams.compile is not False and not self._compiled:
-            options = {} if self.hparams.compile is True else dict(self.hparams.compile)
-            self.model.compile(**options)  # in place: no `_orig_mod.` in the state dict
-            self._compiled = True
+        if not self._compiled:
+            self._compiled = compile_in_place(self.model, self.hparams.compile)
 
     def on_fit_start(self) -> None:
         # After a resume's restore (trainer.ckpt_path is known only now): a resumed run keeps its
@@ -145,7 +132,7 @@ class ImageClassifier(pl.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled and not self.training and not self.hparams.compile_eval:
-            return _call_eagerly(self.model, x)
+            return call_eagerly(self.model, x)
         return self.model(x)
 
     def predict_probs(self, x: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -163,9 +150,9 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         self.train_accuracy.update(logits.detach(), y)
-        self._nonfinite.update(loss, self.global_step, _lr(self.trainer))  # on the device: no sync
+        self._nonfinite.record(loss, self.trainer)  # on the device: no sync
         if should_update_logs(self.trainer):  # self.log costs a fraction of a small net's GPU step
-            self._stop_if_nonfinite()  # before this step's update; the logged loss syncs here anyway
+            self._nonfinite.stop_if_bad(self.trainer)  # before this step's update; the logged loss syncs anyway
             self.log("train/loss", loss, prog_bar=True)
             # the epoch's error so far (train/error is the whole epoch's, at its end), so that runs
             # shorter than an epoch have a training-error curve too
@@ -173,15 +160,6 @@ class ImageClassifier(pl.LightningModule):
             if rates is not None:
                 self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
         return loss
-
-    def _stop_if_nonfinite(self) -> None:
-        bad = self._nonfinite.first_bad(gather_ranks if self.trainer.world_size > 1 else None)
-        if bad is not None:
-            step, lr = bad
-            when = "" if step == self.global_step else f" (found at step {self.global_step})"
-            raise NonFiniteLossError(stop_message(
-                f"the training loss is not finite at step {step}, learning rate {lr:.6g}{when}: stopped before "
-                "that step's update", self.trainer))
 
     def on_train_epoch_start(self) -> None:
         # (Lightning skips this hook when it resumes a run mid-epoch: on_load_checkpoint's counts stay.)
@@ -214,13 +192,7 @@ class ImageClassifier(pl.LightningModule):
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch
-        if isinstance(x, torch.Tensor) and x.ndim == 4:
-            scores = self(x)
-            losses = F.cross_entropy(scores, y, reduction="none", ignore_index=SKIPPED_LABEL,
-                                     label_smoothing=self.criterion.label_smoothing)
-        else:  # several crops or scales: average probabilities, as the paper's 10-crop testing
-            scores = self.predict_probs(x)
-            losses = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="none", ignore_index=SKIPPED_LABEL)
+        scores, losses = scores_and_losses(self, x, y, self.criterion.label_smoothing)
         self.metrics[stage].update(scores, y, losses)
 
     def _log_epoch_metrics(self, stage: str) -> None:
@@ -236,37 +208,12 @@ class ImageClassifier(pl.LightningModule):
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         refuse_nonfinite_checkpoint(checkpoint, self._trainer)
-        # The epoch's running training accuracy so far, so that a mid-epoch resume logs the whole
-        # epoch's figure. None after an epoch end (logged and reset by then), and none in the
-        # validation after an epoch's last batch: resumed from there, Lightning replays only
-        # on_train_epoch_end, and a train/error row then would be the epoch's second.
-        counts = None
-        if self.train_accuracy.seen and not epoch_batches_done_and_validating(self._trainer):
-            counts = {"epoch": self.current_epoch, **self.train_accuracy.state_dict()}
+        counts = self.train_accuracy.for_checkpoint(self._trainer, self.current_epoch)  # mid-epoch only
         add_model_record(checkpoint, self.model.arch_spec, self.hparams.class_names, counts)
         if self._trainer is not None:
             add_wandb_run_id(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_format(checkpoint)  # a newer resnet-lit's checkpoint: one clear line, before any key is read
-        # A run resumed mid-epoch carries on with the counts of the epoch's first part. They are
-        # rank 0's (only rank 0 writes the checkpoint), so the other ranks start from zero and the
-        # epoch's figure covers rank 0's whole share and every rank's rest: no image twice.
-        counts = train_counts_of(checkpoint)
-        if counts and self.global_rank == 0:
-            self.train_accuracy.load_state_dict(counts)
+        self.train_accuracy.restore(train_counts_of(checkpoint), self.global_rank)  # a mid-epoch resume
 
-
-def _call_eagerly(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run a module compiled in place (``nn.Module.compile``) without its compiled code."""
-    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
-    if set_stance is not None:
-        with set_stance("force_eager"):
-            return model(x)
-    return model._call_impl(x)  # torch 2.5: the plain call that nn.Module.compile wraps
-
-
-def _lr(trainer: pl.Trainer) -> float:
-    """The learning rate of the first parameter group, as the progress lines show it."""
-    optimizers = trainer.optimizers if trainer is not None else []
-    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else float("nan")

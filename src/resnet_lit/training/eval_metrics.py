@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -54,3 +55,17 @@ class EvalMetrics(nn.Module):
         if skipped > 0:
             out["skipped_images"] = skipped.float()
         return out
+
+
+def scores_and_losses(module: Any, x: Any, y: torch.Tensor,
+                      label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One evaluation batch through ``module`` (an ``ImageClassifier``): the scores the accuracies
+    rank and the loss of each image (0 for a skipped slot). One view ([B, C, H, W]): logits and
+    cross-entropy with the training's label smoothing; several crops ([B, K, C, H, W]) or scales (a
+    list): probabilities averaged over them, as the paper's 10-crop testing, and their log loss."""
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        scores = module(x)
+        return scores, F.cross_entropy(scores, y, reduction="none", ignore_index=SKIPPED_LABEL,
+                                       label_smoothing=label_smoothing)
+    scores = module.predict_probs(x)
+    return scores, F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="none", ignore_index=SKIPPED_LABEL)

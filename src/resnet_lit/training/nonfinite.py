@@ -55,6 +55,22 @@ class NonFiniteWatch:
         if len(self._lrs) > self.KEEP_LRS:
             del self._lrs[next(iter(self._lrs))]
 
+    def record(self, loss: torch.Tensor, trainer: Any) -> None:
+        """``update`` with the trainer's step and learning rate (of the first parameter group)."""
+        optimizers = trainer.optimizers if trainer is not None else []
+        self.update(loss, trainer.global_step, float(optimizers[0].param_groups[0]["lr"]) if optimizers else math.nan)
+
+    def stop_if_bad(self, trainer: Any) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss since the last check was not finite, on any
+        rank (all ranks call this on the same steps). Synchronises."""
+        bad = self.first_bad(gather_ranks if trainer.world_size > 1 else None)
+        if bad is not None:
+            step, lr = bad
+            when = "" if step == trainer.global_step else f" (found at step {trainer.global_step})"
+            raise NonFiniteLossError(stop_message(
+                f"the training loss is not finite at step {step}, learning rate {lr:.6g}{when}: stopped before "
+                "that step's update", trainer))
+
     def first_bad(self, gather: Any = None) -> tuple[int, float] | None:
         """(step, lr) of the first loss that was not finite, over all ranks if ``gather``
         (:func:`gather_ranks`) is given; None if every loss was finite. Synchronises."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from resnet_lit.lightning_private import epoch_batches_done_and_validating
+
 
 class TrainAccuracy:
     """Running top-1 / top-``top_k`` hits and images seen, on this rank, since the epoch started."""
@@ -60,3 +62,19 @@ class TrainAccuracy:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.hits = torch.tensor([state_dict["hits1"], state_dict["hits5"]], dtype=torch.long)
         self.seen = int(state_dict["seen"])
+
+    def for_checkpoint(self, trainer: Any, epoch: int) -> dict[str, int] | None:
+        """The epoch's counts so far for a checkpoint, so that a mid-epoch resume logs the whole
+        epoch's figure. None after an epoch end (logged and reset by then), and none in the
+        validation after an epoch's last batch: resumed from there, Lightning replays only
+        ``on_train_epoch_end``, and a train/error row then would be the epoch's second."""
+        if not self.seen or (trainer is not None and epoch_batches_done_and_validating(trainer)):
+            return None
+        return {"epoch": epoch, **self.state_dict()}
+
+    def restore(self, counts: dict[str, Any] | None, global_rank: int) -> None:
+        """Carry on with the counts of a mid-epoch checkpoint. They are rank 0's (only rank 0 writes
+        the checkpoint), so the other ranks start from zero and the epoch's figure covers rank 0's
+        whole share and every rank's rest: no image twice."""
+        if counts and global_rank == 0:
+            self.load_state_dict(counts)
