@@ -135,7 +135,8 @@ class ImageDataModule(L.LightningDataModule):
         The loaders alone give what the workers make (uint8 images; ImageFolder batches also carry a
         bad-image flag): a Trainer finishes each batch in the batch hooks. This does the same for
         ``split`` ("train", "val", "test" or "predict"): skipped-image handling, the transfer to
-        ``device``, then normalisation (and, for "train", augmentation) on the device::
+        ``device``, then normalisation (and, for "train", augmentation) on the device. The short last
+        evaluation batch stays short here (``pad_eval_batches`` pads only inside a Trainer)::
 
             dm = CIFARDataModule(root="../shared/data/cifar10-jpeg", batch_size=128)
             x, y = next(dm.batches("train"))    # float [128, 3, 32, 32], normalised and augmented
