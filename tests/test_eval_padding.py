@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from fit_helpers import fit_env
-from weights_helpers import read_imagewoof
+from weights_helpers import extract_folder, read_imagewoof
 
 from resnet_lit.data import CIFARDataModule, ImageNetDataModule
 from resnet_lit.data.decode import SKIPPED_LABEL
@@ -36,6 +36,9 @@ class BatchSizes(pl.Callback):
         self.sizes.append((x[0] if isinstance(x, list) else x).shape[0])
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._record(batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._record(batch)
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
@@ -152,3 +155,26 @@ def test_predictions_name_each_image_once(imagewoof_root: Path, tmp_path: Path) 
     with (tmp_path / "preds.csv").open() as f:
         files = [Path(r["file"]).name for r in csv.DictReader(f)]
     assert sorted(files) == sorted(p.name for p in folder.iterdir()) and len(files) == 5
+
+
+@pytest.mark.parametrize("test_mode", ["ten_crop", "multi_scale"])
+def test_padded_multi_view_test_equals_unpadded(imagewoof_root: Path, tmp_path: Path, test_mode: str) -> None:
+    """The paper's test modes on 3 real photographs in batches of 2: ten crops [B, 10, 3, 224, 224]
+    and five scales (a list) padded like one view, with the unpadded run's figures."""
+    root = tmp_path / "woof"
+    extract_folder(imagewoof_root, root / "val", per_class=1, classes=3)
+    results = {}
+    for pad in (True, False):
+        torch.manual_seed(0)
+        module = ImageClassifier(arch="resnet18", num_classes=3, width=0.25)
+        data = ImageNetDataModule(str(root), batch_size=2, num_workers=0, test_mode=test_mode, pad_eval_batches=pad,
+                                  cache_dir=str(tmp_path / "cache"))
+        sizes = BatchSizes()
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[sizes])
+        results[pad] = trainer.test(module, data, verbose=False)[0], sizes.sizes
+    (padded, padded_sizes), (plain, plain_sizes) = results[True], results[False]
+    assert padded_sizes == [2, 2] and plain_sizes == [2, 1]
+    assert padded["test/images"] == plain["test/images"] == 3
+    assert padded["test/error"] == plain["test/error"] and padded["test/error5"] == plain["test/error5"]
+    assert padded["test/loss"] == pytest.approx(plain["test/loss"], rel=1e-5)
