@@ -100,7 +100,7 @@ class ImageDataModule(L.LightningDataModule):
         if not self._mixing_built:
             hp = self.hparams
             alphas = hp.get("mixup_alpha", 0.0), hp.get("cutmix_alpha", 0.0)
-            self._mixing = batch_mixing(self.num_classes, *alphas) if max(alphas) > 0 else None
+            self._mixing = batch_mixing(self.num_classes, *alphas) if max(alphas) > 0 else None  # no class scan
             self._mixing_built = True
         return self._mixing
 

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .base import ImageDataModule
 from .cifar_io import class_names, ensure_downloaded, load_cifar
+from .mixing import check_alphas
 from .policies import AutoAugmentName, augment_policy, mean_fill
-from .sharding import RepeatEpoch, ResumableLoader
+from .sharding import RepeatEpoch, ResumableLoader, epoch_length
 from .transforms import crop_and_flip, normalize, normalize_padded
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ class CIFARDataModule(ImageDataModule):
         if data_on_device and num_workers > 0:
             raise ValueError("data_on_device=True gathers batches on the accelerator: it needs num_workers=0")
         augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
+        epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
+        check_alphas(mixup_alpha, cutmix_alpha)
         self._data: dict | None = None
         self._classes: list[str] | None = None
         self.mean: torch.Tensor | None = None  # per-pixel mean [3, 32, 32], 0..1 scale

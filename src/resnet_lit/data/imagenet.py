@@ -35,9 +35,10 @@ from .folder import (
     scan_files,
     scan_image_folder,
 )
+from .mixing import check_alphas
 from .policies import AutoAugmentName, PolicyAfter, augment_policy, mean_fill
 from .resolution import AtSize, ProgressiveResize, SizedShardSampler
-from .sharding import RepeatEpoch
+from .sharding import RepeatEpoch, epoch_length
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -163,6 +164,8 @@ class ImageNetDataModule(ImageDataModule):
             raise ValueError(f"train_size, test_size and test_resize must be >= 1 pixel, got {train_size}, "
                              f"{test_size}, {test_resize}")
         augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
+        epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
+        check_alphas(mixup_alpha, cutmix_alpha)
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalization == "mean_std" else None
         self._classes: list[str] | None = list(classes) if classes is not None else None

@@ -28,13 +28,18 @@ from torchvision.transforms import v2
 Mixing = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def check_alphas(mixup_alpha: float, cutmix_alpha: float) -> None:
+    """One clear error for a negative alpha (the DataModules call it in ``__init__``)."""
+    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+        if alpha < 0:
+            raise ValueError(f"{name} must be >= 0 (0 turns it off), got {alpha}")
+
+
 def batch_mixing(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> Mixing | None:
     """MixUp (``mixup_alpha`` > 0) and/or CutMix (``cutmix_alpha`` > 0), one of them per batch;
     None when both alphas are 0. ``alpha`` is the Beta distribution's parameter (torchvision's
     2021 ResNet-50 recipe: 0.2 and 1.0)."""
-    for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-        if alpha < 0:
-            raise ValueError(f"{name} must be >= 0 (0 turns it off), got {alpha}")
+    check_alphas(mixup_alpha, cutmix_alpha)
     choices = []
     if mixup_alpha > 0:
         choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
