@@ -3,7 +3,8 @@
 Per variant, the time to make one training batch as the model takes it (batch 128 on --device):
 CIFARDataModule's loader (one in-memory gather; with ``auto_augment`` / ``random_erasing`` also
 the torchvision policy on each uint8 image, on the host) then the batch hook on the device
-(mean, pad-4 crop and flip, and MixUp / CutMix when on). As a yardstick, one ResNet-20 training
+(with ``policy_groups`` the policy on groups of the batch; mean, pad-4 crop and flip; MixUp / CutMix
+when on). As a yardstick, one ResNet-20 training
 step (forward, backward, SGD; channels-last, 32-bit) on the same batch and device.
 
 Variants run in turn within each repeat (A B C ... A B C ...); figures are medians over repeats.
@@ -36,6 +37,8 @@ VARIANTS = {
     "auto_augment ta_wide": {"auto_augment": "ta_wide"},
     "auto_augment ra (m9)": {"auto_augment": "ra"},
     "auto_augment aa (cifar10)": {"auto_augment": "aa"},
+    "ta_wide, 16 groups on device": {"auto_augment": "ta_wide", "policy_groups": 16},
+    "ra (m9), 16 groups on device": {"auto_augment": "ra", "policy_groups": 16},
 }
 
 

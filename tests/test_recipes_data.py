@@ -14,9 +14,10 @@ import torch
 
 from resnet_lit.data import CIFARDataModule, ImageNetDataModule
 from resnet_lit.data.cifar import TensorBatches
-from resnet_lit.data.policies import augment_policy
+from resnet_lit.data.policies import augment_policy, mean_fill
 from resnet_lit.data.resolution import ProgressiveResize
 from resnet_lit.data.sharding import ShardSampler
+from resnet_lit.data.transforms import normalize
 from resnet_lit.training.classifier import ImageClassifier
 
 
@@ -91,6 +92,23 @@ def test_random_erasing_fills_a_box_with_the_fill_colour(cifar_root):
     filled = (x == torch.tensor([1, 2, 3], dtype=torch.uint8).view(3, 1, 1)).all(1)  # [B, H, W]
     area = filled.float().mean((1, 2))
     assert bool((area >= 0.02).all()) and bool((area <= 0.34).all())  # RandomErasing's 2-33 %
+
+
+def test_policy_groups_run_on_the_device_one_draw_per_group(cifar_root):
+    torch.manual_seed(0)
+    dm = _cifar(cifar_root, random_erasing=1.0, policy_groups=2, pad=0)  # pad 0: flips only
+    dm.setup("fit")
+    x, _ = dm.train_set[list(range(8))]
+    assert torch.equal(x, dm.train_set.x[:8])  # nothing happens on the host
+    out = dm.transform_batch(x, train=True)
+    fill = torch.tensor(mean_fill(dm.mean), dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    erased = normalize(fill, dm.mean)  # per-pixel mean: a mirrored image meets it mirrored
+    mask = (out == erased).all(1) | (out == erased.flip(-1)).all(1)  # [B, H, W]: the erased pixels
+    assert bool(mask.any((1, 2)).all())
+    for group in (range(0, 4), range(4, 8)):
+        ref = mask[group[0]]
+        assert all(torch.equal(mask[i], ref) or torch.equal(mask[i], ref.flip(-1)) for i in group)
+    assert not torch.equal(mask[0], mask[4]) and not torch.equal(mask[0], mask[4].flip(-1))
 
 
 @pytest.mark.parametrize("policy", ["ra", "aa"])

@@ -7,8 +7,9 @@ microseconds and needs no worker processes. After Lightning moves the uint8 batc
 the whole batch there (``transforms.normalize_padded`` and ``crop_and_flip``).
 
 Modern recipe options, all off by default: ``auto_augment`` / ``random_erasing`` run torchvision's
-per-image policies on each uint8 image of a training batch on the host, before the transfer
-(``policies.augment_policy``; their cost is in docs/recipes_data.md); ``mixup_alpha`` /
+policies on each uint8 image of a training batch on the host, before the transfer, or with
+``policy_groups`` on groups of images on the device (``policies.augment_policy``; their cost is in
+docs/recipes_data.md); ``mixup_alpha`` /
 ``cutmix_alpha`` mix whole training batches on the device after the crop and flip (``mixing``);
 ``repeated_augmentation`` repeats each image k times an epoch (``sharding``).
 """
@@ -97,6 +98,7 @@ class CIFARDataModule(ImageDataModule):
         auto_augment: AutoAugmentName = "none",
         auto_augment_magnitude: int = 9,
         random_erasing: float = 0.0,
+        policy_groups: int | None = None,
         repeated_augmentation: int = 1,
         repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
     ) -> None:
@@ -132,14 +134,19 @@ class CIFARDataModule(ImageDataModule):
                 torchvision's 2021 recipe: 0.2). Targets become soft [B, num_classes]; with ``cutmix_alpha``
                 too, each batch takes one of the two at random (torchvision's reference).
             cutmix_alpha: CutMix on training batches, on the device (0: off; torchvision's recipe: 1.0).
-            auto_augment: a torchvision policy on each training image, uint8 on the host, before the
-                batch's crop and flip: "ra" RandAugment, "ta_wide" TrivialAugmentWide, "aa"
-                AutoAugment (its CIFAR-10 policy), "none". About 10x slower than the batched default on a
-                CPU, which a ResNet-20 step mostly hides (docs/recipes_data.md); with ``num_workers`` > 0
-                the workers do it.
+            auto_augment: a torchvision policy on each training image, uint8, before the batch's crop
+                and flip: "ra" RandAugment, "ta_wide" TrivialAugmentWide, "aa" AutoAugment (its CIFAR-10
+                policy), "none". Per image on the host it costs 1.4-2.4 ms an image on a CPU core, 20-40x
+                the batched default (docs/recipes_data.md): fine beside a CPU step, the bottleneck beside
+                a GPU one unless ``policy_groups`` moves it to the device (or ``num_workers`` share it).
             auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
             random_erasing: probability of erasing a random box (2-33 % of the image) of each training
                 image, filled with the data set's mean colour (0: off; torchvision's recipe: 0.1).
+            policy_groups: None: ``auto_augment`` and ``random_erasing`` draw per image, on the host.
+                N: they run on the device on the uint8 batch cut into N groups, each group sharing
+                one draw (op, magnitude, erased box): N calls a step instead of B, at the price of
+                images within a group being augmented alike (across steps each image still sees
+                the policy's distribution).
             repeated_augmentation: each training image k times an epoch, copies on neighbouring ranks
                 (1: off; Hoffer et al. 2020, DeiT).
             repeated_augmentation_epoch: "all_repeats": an epoch shows each image exactly k times (k times
@@ -153,6 +160,9 @@ class CIFARDataModule(ImageDataModule):
         if data_on_device and num_workers > 0:
             raise ValueError("data_on_device=True gathers batches on the accelerator: it needs num_workers=0")
         augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
+        if policy_groups is not None and policy_groups < 1:
+            raise ValueError(f"policy_groups must be >= 1 (or null: per image on the host), got {policy_groups}")
+        self._device_policy = None  # the policy on groups of the batch, on the device (policy_groups)
         epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
         check_alphas(mixup_alpha, cutmix_alpha)
         self._data: dict | None = None
@@ -219,6 +229,8 @@ class CIFARDataModule(ImageDataModule):
         self.mean = pixel_mean(train_x)
         policy = augment_policy(hp.auto_augment, hp.auto_augment_magnitude, hp.random_erasing,
                                 fill=mean_fill(self.mean), aa_policy="cifar10")
+        if hp.policy_groups is not None:
+            self._device_policy, policy = policy, None
         self.train_set = TensorBatches(train_x, train_y, per_image=policy)
         self.val_set = TensorBatches(val_x, val_y)
         self.test_set = TensorBatches(test_x, test_y)
@@ -263,6 +275,8 @@ class CIFARDataModule(ImageDataModule):
         mean, _ = self.statistics_on(x.device)
         if not train:
             return normalize(x, mean)
+        if self._device_policy is not None:  # policy_groups: one draw per group of images, on the device
+            x = torch.cat([self._device_policy(group) for group in x.chunk(self.hparams.policy_groups)])
         # The same values as cifar_augment(normalize(x, mean)), with the padded batch's buffer
         # kept from one step to the next (its zero border is never written).
         self._padded = normalize_padded(x, mean, self.hparams.pad, out=self._padded)
