@@ -136,7 +136,7 @@ class CIFARDataModule(ImageDataModule):
             cutmix_alpha: CutMix on training batches, on the device (0: off; torchvision's recipe: 1.0).
             auto_augment: a torchvision policy on each training image, uint8, before the batch's crop
                 and flip: "ra" RandAugment, "ta_wide" TrivialAugmentWide, "aa" AutoAugment (its CIFAR-10
-                policy), "none". Per image on the host it costs 1.4-2.4 ms an image on a CPU core, 20-40x
+                policy), "none". Per image on the host it costs 1.4-2.7 ms an image on a CPU core, 20-40x
                 the batched default (docs/recipes_data.md): fine beside a CPU step, the bottleneck beside
                 a GPU one unless ``policy_groups`` moves it to the device (or ``num_workers`` share it).
             auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
