@@ -143,6 +143,16 @@ def test_progressive_schedule_follows_ffcv():
         ProgressiveResize(128, 192, 5, 2)
 
 
+GRAPHS: list[list[tuple[int, ...]]] = []
+
+
+def counting_backend(gm, example_inputs):
+    """A torch.compile backend that records the image shapes of each graph dynamo hands it and runs
+    the graph as it is (module level: Lightning drops hyperparameters it cannot pickle)."""
+    GRAPHS.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor) and t.ndim == 4])
+    return gm.forward
+
+
 class _Shapes(L.Callback):
     def __init__(self) -> None:
         self.seen: dict[int, set[int]] = {}
@@ -153,17 +163,23 @@ class _Shapes(L.Callback):
 
 def test_progressive_resizing_changes_the_size_on_its_epochs(imagewoof_root, tmp_path):
     """A real fit with a persistent worker process: the size reaches the worker on the epochs the
-    schedule names, and every batch of an epoch has that epoch's size."""
+    schedule names, every batch of an epoch has that epoch's size, and the compiled model compiles
+    at most once per size (dynamo's default turns the size dynamic at the second one)."""
     schedule = ProgressiveResize(start_size=32, end_size=96, start_epoch=0, end_epoch=2)
     dm = ImageNetDataModule(str(imagewoof_root), batch_size=4, num_workers=1, augmentation="modern",
                             progressive_resize=schedule)
-    model = ImageClassifier(arch="resnet18", num_classes=10, width=0.25)
+    GRAPHS.clear()
+    torch._dynamo.reset()
+    model = ImageClassifier(arch="resnet18", num_classes=10, width=0.25, compile={"backend": counting_backend})
     shapes = _Shapes()
     trainer = L.Trainer(accelerator="cpu", max_epochs=4, limit_train_batches=2, limit_val_batches=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[shapes], default_root_dir=tmp_path)
     trainer.fit(model, dm)
+    torch._dynamo.reset()
     assert shapes.seen == {0: {32}, 1: {64}, 2: {96}, 3: {96}}
+    graphs = [g for g in GRAPHS if g]  # graphs that take the image batch
+    assert 1 <= len(graphs) <= len(set(schedule.sizes(4))), graphs
 
 
 # ---------------------------------------------------------------- repeated augmentation

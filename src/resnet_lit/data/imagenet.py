@@ -123,7 +123,7 @@ class ImageNetDataModule(ImageDataModule):
             train_size: side of the training crops in pixels (the paper: 224; torchvision's 2021
                 ResNet-50 recipe: 176, timm RSB A3: 160). With "paper" the crop covers what the 224 crop
                 covers, resampled to this size.
-            test_size: side of the validation and test crops ("center", "ten_crop"; the paper: 224).
+            test_size: side of the validation, test ("center", "ten_crop") and predict crops (the paper: 224).
                 Training low and testing higher is FixRes (Touvron et al. 2019): 176 / 224 in
                 torchvision's recipe.
             test_resize: shorter side the image is resized to before the centre ``test_size`` crop
@@ -264,7 +264,8 @@ class ImageNetDataModule(ImageDataModule):
         if stage in ("test", None):
             self.test_set = ImageFiles(self._scanned("test"), test_tf, hp.on_bad_image)
         if stage in ("predict", None) and hp.predict_path is not None:
-            self.predict_set = ImageFiles(list_predict_files(hp.predict_path), CenterCrop(), hp.on_bad_image)
+            view = CenterCrop(resize, crop)
+            self.predict_set = ImageFiles(list_predict_files(hp.predict_path), view, hp.on_bad_image)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: ImageFiles, batch_size: int, train: bool) -> DataLoader:
