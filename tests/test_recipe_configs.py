@@ -70,5 +70,5 @@ def test_recipe_trains_two_steps_on_the_cpu(path, tmp_path, cifar_root, imagewoo
             "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
             "--run_dir", str(tmp_path / "run")]
     main(args)
-    checkpoint = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
