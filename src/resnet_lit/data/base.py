@@ -5,8 +5,9 @@ from there, ``save_hyperparameters`` stores it in checkpoints, and the code read
 ``self.hparams``. This base builds the loaders from each rank's shard (``ShardSampler``), keeps one
 copy of the normalisation statistics per device, and runs the batch hooks: skipped-image counting
 and masking on the host before the transfer, then the padding of a short evaluation batch to
-``eval_batch_size`` (``pad_eval_batches``, data/padding.py), and ``transform_batch`` on whole
-batches on the device after the transfer.
+``eval_batch_size`` (``pad_eval_batches``, data/padding.py), ``transform_batch`` on whole batches on
+the device after the transfer, then, for training batches only, MixUp / CutMix
+(``mixing.batch_mixing``: targets become soft).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from resnet_lit.lightning_private import should_update_logs
 
 from .decode import SKIPPED_LABEL
 from .folder import default_num_workers
+from .mixing import Mixing, batch_mixing
 from .padding import pad_eval_batch
 from .sharding import ShardSampler
 
@@ -30,14 +32,18 @@ log = logging.getLogger(__name__)
 
 class ImageDataModule(L.LightningDataModule):
     """Base of the image DataModules: subclasses define ``__init__`` (calling ``save_hyperparameters``
-    with ``batch_size``, ``eval_batch_size``, ``pad_eval_batches``, ``seed``, ``num_workers``, ``pin_memory`` and
-    ``on_bad_image`` among their arguments), ``statistics`` and ``transform_batch``."""
+    with ``batch_size``, ``eval_batch_size``, ``pad_eval_batches``, ``seed``, ``num_workers``, ``pin_memory``
+    and ``on_bad_image`` among their arguments, and optionally the training-only recipe options
+    ``mixup_alpha``, ``cutmix_alpha``, ``repeated_augmentation`` and ``repeated_augmentation_epoch``),
+    ``statistics`` and ``transform_batch``."""
 
     def __init__(self) -> None:
         super().__init__()
         self._statistics_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.num_skipped = 0  # bad images this process met so far (skip mode), summed over workers
         self._skipped_logged = 0
+        self._mixing: Mixing | None = None
+        self._mixing_built = False
 
     # ------------------------------------------------------------------ settings
     @property
@@ -69,12 +75,17 @@ class ImageDataModule(L.LightningDataModule):
             return 0, 1
         return t.global_rank, t.world_size
 
-    def _shard(self, n: int, *, train: bool, batch_size: int | None = None) -> ShardSampler:
-        """This rank's part of ``range(n)``: shuffled for training, in order for evaluation; index
-        batches (the last short one dropped in training) when ``batch_size`` is given."""
+    def _shard(self, n: int, *, train: bool, batch_size: int | None = None,
+               sampler: type[ShardSampler] = ShardSampler, **kwargs: Any) -> ShardSampler:
+        """This rank's part of ``range(n)``: shuffled for training (repeated ``repeated_augmentation``
+        times), in order for evaluation; index batches (the last short one dropped in training) when
+        ``batch_size`` is given. ``sampler`` and ``kwargs``: a ShardSampler subclass and its own arguments."""
         rank, world = self._rank_world()
-        return ShardSampler(n, rank=rank, world_size=world, shuffle=train, seed=self.hparams.seed,
-                            batch_size=batch_size, drop_last=train and batch_size is not None)
+        if train:
+            kwargs.update(repeats=self.hparams.get("repeated_augmentation", 1),
+                          repeat_epoch=self.hparams.get("repeated_augmentation_epoch", "all_repeats"))
+        return sampler(n, rank=rank, world_size=world, shuffle=train, seed=self.hparams.seed,
+                       batch_size=batch_size, drop_last=train and batch_size is not None, **kwargs)
 
     def _worker_args(self, pin_memory: bool) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "pin_memory": pin_memory, "persistent_workers": self.num_workers > 0}
@@ -90,6 +101,16 @@ class ImageDataModule(L.LightningDataModule):
             mean, std = self.statistics()
             self._statistics_on[device] = (mean.to(device), None if std is None else std.to(device))
         return self._statistics_on[device]
+
+    @property
+    def mixing(self) -> Mixing | None:
+        """MixUp / CutMix for training batches (``mixup_alpha``, ``cutmix_alpha``), None when off."""
+        if not self._mixing_built:
+            hp = self.hparams
+            alphas = hp.get("mixup_alpha", 0.0), hp.get("cutmix_alpha", 0.0)
+            self._mixing = batch_mixing(self.num_classes, *alphas) if max(alphas) > 0 else None  # no class scan
+            self._mixing_built = True
+        return self._mixing
 
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """A batch as the model takes it (normalised; augmented when ``train``): each source defines it."""
@@ -126,7 +147,10 @@ class ImageDataModule(L.LightningDataModule):
             return batch
         if isinstance(x, (list, tuple)):  # multi-scale test views
             return [self.transform_batch(v, train=False) for v in x], target
-        return self.transform_batch(x, train), target
+        x = self.transform_batch(x, train)
+        if train and self.mixing is not None:  # float targets [B, num_classes], rows summing to one
+            x, target = self.mixing(x, target)
+        return x, target
 
     # ------------------------------------------------------------------ outside a Trainer
     def batches(self, split: str = "train", device: str | torch.device = "cpu") -> Iterator[tuple[Any, Any]]:

@@ -5,6 +5,13 @@ index batches and the dataset answers each with one indexing operation, so loadi
 microseconds and needs no worker processes. After Lightning moves the uint8 batch to the device,
 ``on_after_batch_transfer`` subtracts the per-pixel mean and, in training, pads, crops and flips
 the whole batch there (``transforms.normalize_padded`` and ``crop_and_flip``).
+
+Modern recipe options, all off by default: ``auto_augment`` / ``random_erasing`` run torchvision's
+policies on each uint8 image of a training batch on the host, before the transfer, or with
+``policy_groups`` on groups of images on the device (``policies.augment_policy``; their cost is in
+docs/recipes_data.md); ``mixup_alpha`` /
+``cutmix_alpha`` mix whole training batches on the device after the crop and flip (``mixing``);
+``repeated_augmentation`` repeats each image k times an epoch (``sharding``).
 """
 
 from __future__ import annotations
@@ -17,17 +24,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from .base import ImageDataModule
 from .cifar_io import class_names, ensure_downloaded, load_cifar
-from .sharding import ResumableLoader
+from .mixing import check_alphas
+from .policies import AutoAugmentName, augment_policy, mean_fill
+from .sharding import RepeatEpoch, ResumableLoader, epoch_length
 from .transforms import crop_and_flip, normalize, normalize_padded
 
 log = logging.getLogger(__name__)
 
 
 class TensorBatches(Dataset):
-    """``dataset[list_of_indices] -> (x[idx], y[idx])``: one gather per batch (used with ``batch_size=None``)."""
+    """``dataset[list_of_indices] -> (x[idx], y[idx])``: one gather per batch (used with ``batch_size=None``);
+    ``per_image``, if given, then transforms each uint8 image of the batch on its own."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, per_image=None) -> None:
         self.x, self.y = x, y
+        self.per_image = per_image
 
     def __len__(self) -> int:
         return len(self.y)
@@ -35,7 +46,10 @@ class TensorBatches(Dataset):
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         i = torch.as_tensor(idx, dtype=torch.int64, device=self.x.device)
         # index_select copies whole images; x[i] goes element by element (9x slower on a CPU)
-        return self.x.index_select(0, i), self.y.index_select(0, i)
+        x = self.x.index_select(0, i)
+        if self.per_image is not None:
+            x = torch.stack([self.per_image(image) for image in x])
+        return x, self.y.index_select(0, i)
 
 
 def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -80,6 +94,14 @@ class CIFARDataModule(ImageDataModule):
         on_bad_image: Literal["error", "skip"] = "error",
         pin_memory: bool | None = None,
         data_on_device: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        auto_augment: AutoAugmentName = "none",
+        auto_augment_magnitude: int = 9,
+        random_erasing: float = 0.0,
+        policy_groups: int | None = None,
+        repeated_augmentation: int = 1,
+        repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
     ) -> None:
         """CIFAR-10 or CIFAR-100.
 
@@ -114,6 +136,28 @@ class CIFARDataModule(ImageDataModule):
             data_on_device: keep the whole uint8 data set on the accelerator (150 MB for CIFAR-10,
                 a copy per rank) and gather batches there: no host-to-device copy per step
                 (airbench's trick). Needs ``num_workers=0``.
+            mixup_alpha: MixUp on training batches, on the device, lambda ~ Beta(alpha, alpha) (0: off;
+                torchvision's 2021 recipe: 0.2). Targets become soft [B, num_classes]; with ``cutmix_alpha``
+                too, each batch takes one of the two at random (torchvision's reference).
+            cutmix_alpha: CutMix on training batches, on the device (0: off; torchvision's recipe: 1.0).
+            auto_augment: a torchvision policy on each training image, uint8, before the batch's crop
+                and flip: "ra" RandAugment, "ta_wide" TrivialAugmentWide, "aa" AutoAugment (its CIFAR-10
+                policy), "none". Per image on the host it costs 1.4-2.7 ms an image on a CPU core, 20-40x
+                the batched default (docs/recipes_data.md): fine beside a CPU step, the bottleneck beside
+                a GPU one unless ``policy_groups`` moves it to the device (or ``num_workers`` share it).
+            auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
+            random_erasing: probability of erasing a random box (2-33 % of the image) of each training
+                image, filled with the data set's mean colour (0: off; torchvision's recipe: 0.1).
+            policy_groups: None: ``auto_augment`` and ``random_erasing`` draw per image, on the host.
+                N: they run on the device on the uint8 batch cut into N groups, each group sharing
+                one draw (op, magnitude, erased box): N calls a step instead of B, at the price of
+                images within a group being augmented alike (across steps each image still sees
+                the policy's distribution).
+            repeated_augmentation: each training image k times an epoch, copies on neighbouring ranks
+                (1: off; Hoffer et al. 2020, DeiT).
+            repeated_augmentation_epoch: "all_repeats": an epoch shows each image exactly k times (k times
+                as many steps); "dataset_size": it keeps the data set's length (n / k images, k times
+                each), as DeiT, timm and torchvision count epochs.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -121,6 +165,12 @@ class CIFARDataModule(ImageDataModule):
             raise ValueError(f"eval_batch_size must be >= 1 (or null for batch_size), got {eval_batch_size}")
         if data_on_device and num_workers > 0:
             raise ValueError("data_on_device=True gathers batches on the accelerator: it needs num_workers=0")
+        augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
+        if policy_groups is not None and policy_groups < 1:
+            raise ValueError(f"policy_groups must be >= 1 (or null: per image on the host), got {policy_groups}")
+        self._device_policy = None  # the policy on groups of the batch, on the device (policy_groups)
+        epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
+        check_alphas(mixup_alpha, cutmix_alpha)
         self._data: dict | None = None
         self._classes: list[str] | None = None
         self.mean: torch.Tensor | None = None  # per-pixel mean [3, 32, 32], 0..1 scale
@@ -183,7 +233,11 @@ class CIFARDataModule(ImageDataModule):
             test_keep = stratified_order(test_y, hp.seed)[: hp.subset]
             val_x, val_y, test_x, test_y = val_x[val_keep], val_y[val_keep], test_x[test_keep], test_y[test_keep]
         self.mean = pixel_mean(train_x)
-        self.train_set = TensorBatches(train_x, train_y)
+        policy = augment_policy(hp.auto_augment, hp.auto_augment_magnitude, hp.random_erasing,
+                                fill=mean_fill(self.mean), aa_policy="cifar10")
+        if hp.policy_groups is not None:
+            self._device_policy, policy = policy, None
+        self.train_set = TensorBatches(train_x, train_y, per_image=policy)
         self.val_set = TensorBatches(val_x, val_y)
         self.test_set = TensorBatches(test_x, test_y)
 
@@ -227,6 +281,8 @@ class CIFARDataModule(ImageDataModule):
         mean, _ = self.statistics_on(x.device)
         if not train:
             return normalize(x, mean)
+        if self._device_policy is not None:  # policy_groups: one draw per group of images, on the device
+            x = torch.cat([self._device_policy(group) for group in x.chunk(self.hparams.policy_groups)])
         # The same values as cifar_augment(normalize(x, mean)), with the padded batch's buffer
         # kept from one step to the next (its zero border is never written).
         self._padded = normalize_padded(x, mean, self.hparams.pad, out=self._padded)

@@ -5,11 +5,18 @@ batch reaches the device, ``on_after_batch_transfer`` adds the PCA colour noise 
 normalises, on whole batches. Test batches take the forms ``ImageClassifier.test_step`` averages:
 ``center`` [B, 3, 224, 224], ``ten_crop`` [B, 10, 3, 224, 224], ``multi_scale`` a list of
 [B, 3, S, S] for S in {224, 256, 384, 480, 640}.
+
+Modern recipe options, all off by default: ``train_size`` / ``test_size`` / ``test_resize`` set the
+training and test resolutions apart (FixRes), ``progressive_resize`` changes the training size over
+epochs (``resolution``), ``auto_augment`` / ``random_erasing`` add torchvision's per-image policies in
+the workers (``policies``), ``mixup_alpha`` / ``cutmix_alpha`` mix training batches on the device
+(``mixing``) and ``repeated_augmentation`` repeats images within an epoch (``sharding``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +35,10 @@ from .folder import (
     scan_files,
     scan_image_folder,
 )
+from .mixing import check_alphas
+from .policies import AutoAugmentName, PolicyAfter, augment_policy, mean_fill
+from .resolution import AtSize, ProgressiveResize, SizedShardSampler
+from .sharding import RepeatEpoch, epoch_length
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -65,6 +76,17 @@ class ImageNetDataModule(ImageDataModule):
         pin_memory: bool | None = None,
         classes: list[str] | None = None,
         test_batch_size: int | None = None,
+        train_size: int = 224,
+        test_size: int = 224,
+        test_resize: int | None = None,
+        progressive_resize: ProgressiveResize | None = None,
+        auto_augment: AutoAugmentName = "none",
+        auto_augment_magnitude: int = 9,
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        repeated_augmentation: int = 1,
+        repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
     ) -> None:
         """ImageNet, or any folder of images sorted into one sub-folder per class.
 
@@ -104,6 +126,33 @@ class ImageNetDataModule(ImageDataModule):
                 (which must then name the same classes). ``resnet-lit predict`` fills it from the
                 checkpoint, so predicting needs no training data on the machine.
             test_batch_size: the old name of ``eval_batch_size``, accepted for one release (deprecated).
+            train_size: side of the training crops in pixels (the paper: 224; torchvision's 2021
+                ResNet-50 recipe: 176, timm RSB A3: 160). With "paper" the crop covers what the 224 crop
+                covers, resampled to this size.
+            test_size: side of the validation, test ("center", "ten_crop") and predict crops (the paper: 224).
+                Training low and testing higher is FixRes (Touvron et al. 2019): 176 / 224 in
+                torchvision's recipe.
+            test_resize: shorter side the image is resized to before the centre ``test_size`` crop
+                (default ``round(test_size * 256 / 224)``: 256 for 224; torchvision's recipe: 232,
+                timm's crop_pct 0.95: 236). The crop ratio is ``test_size / test_resize``.
+            progressive_resize: training size by epoch, FFCV-style: ``{start_size, end_size,
+                start_epoch, end_epoch, step}`` (``resolution.ProgressiveResize``), replacing
+                ``train_size``. Each new size is a new input shape: a compiled model compiles again
+                (at most once per size; ``ProgressiveResize.sizes`` lists them).
+            auto_augment: a torchvision policy on each training image, after the crop and flip, in
+                the workers: "ra" RandAugment (2 ops), "ta_wide" TrivialAugmentWide (torchvision's
+                recipe), "aa" AutoAugment (ImageNet policy), "none".
+            auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
+            random_erasing: probability of erasing a random box (2-33 %) of each training image,
+                filled with the mean colour (0: off; torchvision's recipe: 0.1).
+            mixup_alpha: MixUp on training batches, on the device (0: off; torchvision's recipe: 0.2).
+                Targets become soft [B, num_classes]; with ``cutmix_alpha`` too, one of the two per batch.
+            cutmix_alpha: CutMix on training batches, on the device (0: off; torchvision, timm: 1.0).
+            repeated_augmentation: each training image k times an epoch, copies on neighbouring ranks
+                (1: off; torchvision's recipe: 4, timm RSB A1: 3).
+            repeated_augmentation_epoch: "all_repeats": each image exactly k times an epoch (k times
+                the steps); "dataset_size": the epoch keeps the data set's length, as DeiT, timm and
+                torchvision count epochs (their recipes' epoch counts assume it).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +161,17 @@ class ImageNetDataModule(ImageDataModule):
                            "use eval_batch_size (it sets validation, test and predict batches)", category=FutureWarning)
             self.hparams.eval_batch_size = eval_batch_size or test_batch_size
             self.hparams.test_batch_size = None
+        if isinstance(progressive_resize, dict):  # from a checkpoint's hyperparameters
+            progressive_resize = ProgressiveResize(**progressive_resize)
+        self.progressive = progressive_resize
+        if progressive_resize is not None:  # checkpoints hold plain values (weights_only loading)
+            self.hparams.progressive_resize = asdict(progressive_resize)
+        if min(train_size, test_size, test_resize or test_size) < 1:
+            raise ValueError(f"train_size, test_size and test_resize must be >= 1 pixel, got {train_size}, "
+                             f"{test_size}, {test_resize}")
+        augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
+        epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
+        check_alphas(mixup_alpha, cutmix_alpha)
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalization == "mean_std" else None
         self._classes: list[str] | None = list(classes) if classes is not None else None
@@ -186,18 +246,32 @@ class ImageNetDataModule(ImageDataModule):
         self._scan_done.add(name)  # setup() runs again for test/predict: scan each split once
         return samples
 
+    def _train_transform(self):
+        """The per-image training transform: crop and flip at ``train_size``, then the policy if any."""
+        hp = self.hparams
+        size = self.progressive.size_at(0) if self.progressive is not None else hp.train_size
+        if hp.augmentation == "paper":
+            crop = PaperTrainTransform(size, reference_size=224)
+        else:
+            crop = ModernTrainTransform(size)
+        policy = augment_policy(hp.auto_augment, hp.auto_augment_magnitude, hp.random_erasing,
+                                fill=mean_fill(IMAGENET_MEAN))
+        return crop if policy is None else PolicyAfter(crop, policy)
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        train_tf = PaperTrainTransform() if hp.augmentation == "paper" else ModernTrainTransform()
-        test_tf = {"center": CenterCrop(), "ten_crop": TenCrop(), "multi_scale": MultiScale()}[hp.test_mode]
+        resize, crop = hp.test_resize or round(hp.test_size * 256 / 224), hp.test_size
+        test_tf = {"center": CenterCrop(resize, crop), "ten_crop": TenCrop(resize, crop),
+                   "multi_scale": MultiScale()}[hp.test_mode]
         if stage in ("fit", None):
-            self.train_set = ImageFiles(self._scanned("train"), train_tf, hp.on_bad_image)
+            self.train_set = ImageFiles(self._scanned("train"), self._train_transform(), hp.on_bad_image)
         if stage in ("fit", "validate", None):
-            self.val_set = ImageFiles(self._scanned("val"), CenterCrop(), hp.on_bad_image)
+            self.val_set = ImageFiles(self._scanned("val"), CenterCrop(resize, crop), hp.on_bad_image)
         if stage in ("test", None):
             self.test_set = ImageFiles(self._scanned("test"), test_tf, hp.on_bad_image)
         if stage in ("predict", None) and hp.predict_path is not None:
-            self.predict_set = ImageFiles(list_predict_files(hp.predict_path), CenterCrop(), hp.on_bad_image)
+            view = CenterCrop(resize, crop)
+            self.predict_set = ImageFiles(list_predict_files(hp.predict_path), view, hp.on_bad_image)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: ImageFiles, batch_size: int, train: bool) -> DataLoader:
@@ -206,7 +280,12 @@ class ImageNetDataModule(ImageDataModule):
                           **self._worker_args(self.pin_memory))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        if self.progressive is None:
+            return self._loader(self.train_set, self.batch_size, train=True)
+        # Each index carries its epoch's size to the worker that reads it (data/resolution.py).
+        sampler = self._shard(len(self.train_set), train=True, sampler=SizedShardSampler, schedule=self.progressive)
+        return DataLoader(AtSize(self.train_set), batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          **self._worker_args(self.pin_memory))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, train=False)

@@ -17,24 +17,46 @@ Resuming mid-epoch: ``ResumableLoader`` counts the batches it has handed out thi
 that count to Lightning (>= 2.3), which stores it in the checkpoint (``loops.fit_loop.state_dict.
 combined_loader``) and hands it back on resume; the sampler then starts that many batches into
 the same epoch's permutation, so a resumed run trains on exactly the batches it had not seen.
+
+Repeated augmentation (``repeats`` = k > 1, Hoffer et al. 2020; DeiT's RASampler, timm's
+RepeatAugSampler): every index of the epoch's permutation appears k times in a row before the
+deal, so its k copies go to k consecutive ranks (on a single rank: neighbouring places, mostly
+one batch), each augmented on its own. ``repeat_epoch="all_repeats"`` keeps all n * k (each image
+exactly k times an epoch, the epoch k times longer); ``"dataset_size"`` keeps the first n of them,
+as DeiT, timm and torchvision do (an epoch as long as without repeats, about n / k distinct images;
+they also round n down to a multiple of 256, which this does not). The order is still a function
+of (seed, epoch), so mid-epoch resume stays exact with repeats on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+RepeatEpoch = Literal["all_repeats", "dataset_size"]
+
+
+def epoch_length(n: int, repeats: int = 1, repeat_epoch: RepeatEpoch = "all_repeats") -> int:
+    """Indices in one epoch's order before the deal: n, or n * repeats (``all_repeats``)."""
+    if repeats < 1:
+        raise ValueError(f"repeated_augmentation must be >= 1 (1: off), got {repeats}")
+    if repeat_epoch not in ("all_repeats", "dataset_size"):
+        raise ValueError(f"repeated_augmentation_epoch {repeat_epoch!r}: use all_repeats or dataset_size")
+    return n * repeats if repeat_epoch == "all_repeats" else n
+
 
 def shard_indices(
-    n: int, rank: int, world_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, even: bool = True
+    n: int, rank: int, world_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, even: bool = True,
+    repeats: int = 1, repeat_epoch: RepeatEpoch = "all_repeats",
 ) -> torch.Tensor:
     """Indices of ``range(n)`` that rank ``rank`` of ``world_size`` reads this epoch (int64 tensor).
 
     ``even=True`` (training) drops the ``n % world_size`` left-over indices so all ranks get
     ``n // world_size``; ``even=False`` (evaluation) keeps them, so shards differ by at most one.
+    ``repeats`` > 1 (training): each index k times in a row, ``repeat_epoch`` says how many are kept.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -43,8 +65,10 @@ def shard_indices(
         order = torch.randperm(n, generator=g)
     else:
         order = torch.arange(n)
+    if repeats > 1:
+        order = order.repeat_interleave(repeats)[: epoch_length(n, repeats, repeat_epoch)]
     if even:
-        order = order[: n - n % world_size]
+        order = order[: len(order) - len(order) % world_size]
     return order[rank::world_size]
 
 
@@ -53,7 +77,8 @@ class ShardSampler(DistributedSampler):
 
     With ``batch_size`` the sampler yields lists of indices, for a dataset whose ``__getitem__``
     takes a whole list (in-memory CIFAR) and a ``DataLoader(batch_size=None)``. ``drop_last``
-    drops the last short batch (static shapes for ``torch.compile``).
+    drops the last short batch (static shapes for ``torch.compile``). ``repeats`` and
+    ``repeat_epoch``: repeated augmentation (training shards only; see the module docstring).
     """
 
     def __init__(
@@ -66,6 +91,8 @@ class ShardSampler(DistributedSampler):
         seed: int = 0,
         batch_size: int | None = None,
         drop_last: bool = False,
+        repeats: int = 1,
+        repeat_epoch: RepeatEpoch = "all_repeats",
     ) -> None:
         # Deliberately not calling DistributedSampler.__init__: it wants a dataset and a process
         # group; we only need the isinstance check to keep Lightning from wrapping us.
@@ -79,6 +106,10 @@ class ShardSampler(DistributedSampler):
         self.epoch = 0
         self.batch_size = batch_size
         self.drop_last = drop_last
+        epoch_length(n, repeats, repeat_epoch)  # checks both
+        if repeats > 1 and not shuffle:
+            raise ValueError("repeated augmentation is for training shards (shuffle=True) only")
+        self.repeats, self.repeat_epoch = repeats, repeat_epoch
         self.start = 0  # items (or batches) the next iteration skips; set by ResumableLoader, used once
 
     def set_epoch(self, epoch: int) -> None:
@@ -88,7 +119,7 @@ class ShardSampler(DistributedSampler):
         # Shuffled (training) shards are even; ordered (evaluation) shards keep every sample.
         return shard_indices(
             self.n, self.rank, self.num_replicas, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-            even=self.shuffle,
+            even=self.shuffle, repeats=self.repeats, repeat_epoch=self.repeat_epoch,
         )
 
     def __iter__(self) -> Iterator:
@@ -106,7 +137,10 @@ class ShardSampler(DistributedSampler):
     def __len__(self) -> int:
         # Arithmetic, not len(self.indices()): no permutation just to count.
         w = self.num_replicas
-        per_rank = self.n // w if self.shuffle else max(0, -(-(self.n - self.rank) // w))
+        if self.shuffle:
+            per_rank = epoch_length(self.n, self.repeats, self.repeat_epoch) // w
+        else:
+            per_rank = max(0, -(-(self.n - self.rank) // w))
         if self.batch_size is None:
             return per_rank
         if self.drop_last:

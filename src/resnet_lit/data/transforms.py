@@ -200,14 +200,19 @@ class PaperTrainTransform:
     Colour (PCA lighting) and mean subtraction follow on the batch (``pca_lighting``, ``normalize``).
     """
 
-    def __init__(self, size: int = 224, scale_range: tuple[int, int] = (256, 480), flip: bool = True) -> None:
+    def __init__(self, size: int = 224, scale_range: tuple[int, int] = (256, 480), flip: bool = True,
+                 reference_size: int | None = None) -> None:
+        # reference_size: the crop covers what a reference_size crop of the S-resized image covers,
+        # resampled to ``size`` (train at 176 px on the paper's 224-px views); None: size itself.
         self.size, self.scale_range, self.flip = size, scale_range, flip
+        self.reference_size = reference_size
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
         s = random.randint(*self.scale_range)
+        view = self.reference_size or self.size
 
         def box(w: int, h: int) -> tuple[float, float, float, float]:
-            side = self.size * min(w, h) / s  # crop side in original pixels
+            side = view * min(w, h) / s  # crop side in original pixels
             left = random.uniform(0, w - side)
             top = random.uniform(0, h - side)
             return left, top, left + side, top + side
