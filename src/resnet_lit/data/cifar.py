@@ -61,6 +61,16 @@ def pixel_mean(x: torch.Tensor, chunk: int = 5000) -> torch.Tensor:
     return (total / (255.0 * len(x))).to(torch.float32)
 
 
+class FlipViews(TensorBatches):
+    """Test batches for flip TTA: [B, 1, 3, H, W], one view that ``transform_batch`` normalises and
+    then mirrors into the second view (after the per-pixel mean, which is not mirror-symmetric, as
+    training flips after it)."""
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = super().__getitem__(idx)
+        return x.unsqueeze(1), y
+
+
 class CIFARDataModule(ImageDataModule):
     def __init__(
         self,
@@ -79,6 +89,7 @@ class CIFARDataModule(ImageDataModule):
         on_bad_image: Literal["error", "skip"] = "error",
         pin_memory: bool | None = None,
         data_on_device: bool = False,
+        test_mode: Literal["center", "flip"] = "center",
     ) -> None:
         """CIFAR-10 or CIFAR-100.
 
@@ -108,6 +119,8 @@ class CIFARDataModule(ImageDataModule):
             data_on_device: keep the whole uint8 data set on the accelerator (150 MB for CIFAR-10,
                 a copy per rank) and gather batches there: no host-to-device copy per step
                 (airbench's trick). Needs ``num_workers=0``.
+            test_mode: "center" (the 32x32 image) or "flip" (the image and its mirror image,
+                [B, 2, 3, 32, 32]: the model averages their probabilities). Validation is always "center".
         """
         super().__init__()
         self.save_hyperparameters()
@@ -179,7 +192,7 @@ class CIFARDataModule(ImageDataModule):
         self.mean = pixel_mean(train_x)
         self.train_set = TensorBatches(train_x, train_y)
         self.val_set = TensorBatches(val_x, val_y)
-        self.test_set = TensorBatches(test_x, test_y)
+        self.test_set = (FlipViews if hp.test_mode == "flip" else TensorBatches)(test_x, test_y)
 
     # ------------------------------------------------------------------ loaders
     def _device(self) -> torch.device | None:
@@ -217,8 +230,12 @@ class CIFARDataModule(ImageDataModule):
         return self.mean, None
 
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """uint8 [B, 3, 32, 32] on any device -> float32, mean-subtracted; augmented when ``train``."""
+        """uint8 [B, 3, 32, 32] on any device -> float32, mean-subtracted; augmented when ``train``
+        (a flip-TTA test batch [B, 1, 3, 32, 32] -> its two views [B, 2, 3, 32, 32])."""
         mean, _ = self.statistics_on(x.device)
+        if x.ndim == 5:  # flip TTA (FlipViews): the image and its mirror image, [B, 2, 3, 32, 32]
+            x = normalize(x[:, 0], mean)
+            return torch.stack((x, x.flip(-1)), 1)
         if not train:
             return normalize(x, mean)
         # The same values as cifar_augment(normalize(x, mean)), with the padded batch's buffer
