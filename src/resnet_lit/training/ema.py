@@ -2,11 +2,12 @@
 
 ``ImageClassifier(ema=EMAConfig(...))`` (YAML: ``model.ema: {decay: 0.9998}``) attaches the callback
 to ``fit`` through ``LightningModule.configure_callbacks``: it is a setting of the model, saved in its
-hyperparameters, and a plain ``Trainer`` gets it as the CLI does. After every ``update_every_n_steps``-th
-optimiser step from ``update_starting_at_step`` on (the warm-up: the average starts as a copy of the
-weights of that step), each parameter and buffer (batch-norm statistics too) moves to
-``decay * ema + (1 - decay) * live``. The decay acts per update: with updates every N steps, a
-half-life of H steps needs ``decay = 0.5 ** (N / H)``.
+hyperparameters, and a plain ``Trainer`` gets it as the CLI does. After every
+``update_every_n_steps``-th optimiser step from ``update_starting_at_step`` on (the warm-up: the
+average starts as a copy of the weights of that step, and follows the live weights until then), each
+parameter and buffer (batch-norm statistics too) moves to ``decay * ema + (1 - decay) * live``. The
+decay acts per update: with updates every N steps, a half-life of H steps needs
+``decay = 0.5 ** (N / H)``.
 
 What the callback does with the two sets (lightning/pytorch/callbacks/weight_averaging.py):
 validation during ``fit`` runs on the EMA weights (swapped in and out around each validation epoch),
@@ -21,8 +22,12 @@ than the callback's default per-tensor loop: docs/recipes.md measures its cost.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
+import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -34,7 +39,8 @@ class EMAConfig:
     Args:
         decay: weight of the old average at each update (torchvision's ResNet-50 recipe: 0.99998 per
             32 steps at batch 1024; timm's: 0.9998 per step).
-        update_every_n_steps: update after every N-th optimiser step (1 = each).
+        update_every_n_steps: update after the optimiser steps whose 0-based index is a multiple of N
+            (1 = each).
         update_starting_at_step: first optimiser step (0-based) that updates the average; the
             average is a copy of the weights there (a warm-up that skips the first, noisy steps).
     """
@@ -62,3 +68,29 @@ class EMAWeights(EMAWeightAveraging):
         self.update_every_n_steps = cfg.update_every_n_steps
         self.update_starting_at_step = cfg.update_starting_at_step
         self.update_starting_at_epoch = None
+
+    # Before its first update the average is the copy ``setup`` took when fit began (before
+    # ``init_weights`` were read, say): a validation or a checkpoint then would show those weights.
+    # Until the first update, it follows the live weights instead.
+    def _follow_until_first_update(self, pl_module: pl.LightningModule) -> None:
+        average = self._average_model
+        if average is None or int(average.n_averaged) > 0:  # a host sync, at validation and checkpoint only
+            return
+        pairs = zip(itertools.chain(average.module.parameters(), average.module.buffers()),
+                    itertools.chain(pl_module.parameters(), pl_module.buffers()))
+        with torch.no_grad():
+            for a, p in pairs:
+                a.copy_(p)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._follow_until_first_update(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._follow_until_first_update(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._follow_until_first_update(pl_module)
+        super().on_train_end(trainer, pl_module)

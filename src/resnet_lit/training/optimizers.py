@@ -64,6 +64,6 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
         return cls
     raise ValueError(
-        f"optimizer.name {name!r} is not a torch.optim optimiser nor one of {', '.join(EXTERNAL)}; "
-        f"valid: {', '.join(torch_optimizers() + sorted(EXTERNAL))}"
+        f"optimizer.name {name!r} is not a torch.optim optimiser; valid: {', '.join(torch_optimizers())}, "
+        f"or timm's {', '.join(sorted(EXTERNAL))}"
     )
