@@ -1,15 +1,15 @@
 """The cost of the EMA of the weights (``model.ema``): ResNet-20 training steps on a real CIFAR-10
 batch with and without the average's update, in one process.
 
-Three sides per pair, run in turn (A B C A B C ...) so that load from other processes on a shared
-machine hits them alike: ``plain`` (forward, loss, backward, SGD step), ``ema`` (the same, then the
-update resnet-lit's ``EMAWeights`` callback makes after each step: one multi-tensor lerp over every
-parameter and buffer) and ``ema_per_tensor`` (Lightning's ``EMAWeightAveraging`` as shipped, a
-Python loop over the tensors). The figures are the medians over pairs of the step-time ratios, and
-the update's own time (timed alone, many times) over the plain step's.
+Each iteration times a training step (forward, loss, backward, SGD step) and, right after it, the
+update each EMA callback makes after a step: ``ema`` is resnet-lit's ``EMAWeights`` (one
+multi-tensor lerp over every parameter and buffer), ``ema_per_tensor`` Lightning's
+``EMAWeightAveraging`` as shipped (a Python loop over the tensors). The figure is the median over
+iterations of update time / step time: adjacent timings, so that load from other processes on a
+shared machine hits both alike.
 
     python benchmarks/ema.py --quick
-    python benchmarks/ema.py --pairs 7 --steps 10 --out ema.json
+    python benchmarks/ema.py --steps 20 --out ema.json
 """
 
 from __future__ import annotations
@@ -34,13 +34,12 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--arch", default="resnet20")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per side and pair")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
     args = parser.parse_args()
     if args.quick:
-        args.pairs, args.steps = 3, 4
+        args.steps = 5
     setup_threads(args.threads)
-    report = Report("ema.py", args, {k: getattr(args, k) for k in ("arch", "batch", "pairs", "steps")})
+    report = Report("ema.py", args, {k: getattr(args, k) for k in ("arch", "batch", "steps")})
     print_header(report)
 
     dm = CIFARDataModule(str(default_data_root("cifar10-jpeg")), batch_size=args.batch, subset=args.batch)
@@ -55,7 +54,7 @@ def main() -> None:
     for callback in (ours, shipped):
         callback.setup(None, module, "fit")  # builds the AveragedModel from the module, as in fit
         callback._average_model.update_parameters(module)  # the first update only copies
-    updates = {"plain": None, "ema": ours._average_model, "ema_per_tensor": shipped._average_model}
+    averages = {"ema": ours._average_model, "ema_per_tensor": shipped._average_model}
 
     def step() -> None:
         loss = module.criterion(module(x), y)
@@ -63,39 +62,26 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def run(side: str, steps: int) -> float:
-        average = updates[side]
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-            if average is not None:
-                average.update_parameters(module)
-        return (time.perf_counter() - t0) / steps
-
     module.train()
-    for side in updates:
-        run(side, 2)  # warm-up
-    times: dict[str, list[float]] = {side: [] for side in updates}
-    for _ in range(args.pairs):
-        for side in updates:
-            times[side].append(run(side, args.steps))
-    update_ms = {}
-    for side in ("ema", "ema_per_tensor"):
-        n = 200
+    step()  # warm-up
+    times: dict[str, list[float]] = {"step": [], **{side: [] for side in averages}}
+    for i in range(args.steps):
         t0 = time.perf_counter()
-        for _ in range(n):
-            updates[side].update_parameters(module)
-        update_ms[side] = 1000 * (time.perf_counter() - t0) / n
-    step_ms = 1000 * median(times["plain"])
-    rows = []
-    for side in updates:
-        ratio = median(a / b for a, b in zip(times[side], times["plain"]))
-        row = {"side": side, "step_ms": 1000 * median(times[side]), "ratio_to_plain": ratio,
-               "update_ms": update_ms.get(side), "update_share_pct": 100 * update_ms[side] / step_ms
-               if side in update_ms else None}
-        rows.append(row)
+        step()
+        times["step"].append(time.perf_counter() - t0)
+        for side, average in averages.items():  # right after the step, as the callback does
+            t0 = time.perf_counter()
+            average.update_parameters(module)
+            times[side].append(time.perf_counter() - t0)
+        print(f"step {i + 1}/{args.steps}: " + ", ".join(f"{s} {1000 * t[-1]:.1f} ms" for s, t in times.items()),
+              flush=True)
+    rows = [{"side": "step (forward, backward, SGD)", "ms": 1000 * median(times["step"])}]
+    for side in averages:
+        share = median(100 * u / s for u, s in zip(times[side], times["step"]))
+        rows.append({"side": f"{side} update", "ms": 1000 * median(times[side]), "share_of_step_pct": share})
+    for row in rows:
         report.append("results", row)
-    print(table(rows, ["side", "step_ms", "ratio_to_plain", "update_ms", "update_share_pct"]))
+    print(table(rows, ["side", "ms", "share_of_step_pct"]))
 
 
 if __name__ == "__main__":
