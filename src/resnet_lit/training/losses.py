@@ -32,12 +32,13 @@ class BinaryCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # in float32 under bf16/fp16 autocast too: soft targets keep their digits
         num_classes = logits.shape[-1]
         if y.ndim == 1:  # class indices; a skipped slot's row is masked out below
             keep = y != SKIPPED_LABEL
-            target = F.one_hot(y.clamp_min(0), num_classes).to(logits.dtype)
+            target = F.one_hot(y.clamp_min(0), num_classes).float()
         else:
-            keep, target = None, y.to(logits.dtype)
+            keep, target = None, y.float()
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / num_classes
         if keep is None:
