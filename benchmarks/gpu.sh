@@ -21,10 +21,25 @@
 #           $WORK/full from its last.ckpt (max_time then adds this call's budget to the time used).
 #           FULL_ARGS: more `fit` arguments for it (e.g. "--data.eval_batch_size 1000"); give the
 #           same in both calls.
-#   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs), then
-#           once more with --model.compile_eval false (validation eagerly): key "eager_eval" in its JSON
+#   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs; the
+#           short last validation batch padded, the default), then once more with --model.compile_eval
+#           false (validation eagerly): key "eager_eval" in its JSON, and (RO_UNPADDED=1, the default)
+#           with --data.pad_eval_batches false: key "unpadded_eval", the epoch end before padding.
+#           Its projection stands in for the cifar step's when that did not run (for `full`).
 #   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
 #   data    data.py on the GPU: CIFAR pipeline vs torchvision (0 and 4 workers), ImageNet decode per worker
+#
+# Issue 19's plan (the GPU step at the model's own speed), in two calls within 15 minutes of device
+# time (about 12.5 minutes and the machine's start, so a failed first call can be run again):
+#   1. OUT=... BUDGET_S=240 STEPS="env cifar_ro" timeout -k 10 270 bash benchmarks/gpu.sh
+#      the `resnet-lit fit` step and the epoch-end cost under CUDA graphs with padded evaluation
+#      batches, with eager validation, and unpadded (cifar_reduce_overhead.json): the ledger's before
+#      and after. The model-only step (`r20`, 1.97 ms on an H200) is in docs/benchmarks.md already;
+#      add r20 to STEPS (and 200 s to BUDGET_S) to measure it again on another card.
+#   2. OUT=... WORK=/tmp/full19 BUDGET_S=480 STEPS="env full" FULL=1 timeout -k 10 510 bash benchmarks/gpu.sh
+#      the paper's 64k ResNet-20 schedule through `resnet-lit fit` (wall time, test error); if it
+#      stops at its budget, a later call with the same WORK and FULL_RESUME=1 finishes it.
+#   (The "fast path", the whole training step as one compiled region, is not built yet: no step here.)
 # Everything lands in $OUT as it is produced (8 files at most):
 #   gpu.log model_resnet50.json cifar_short.json model_resnet20.json cifar_reduce_overhead.json
 #   data.json cifar_full.json cifar_full_metrics.csv, and summary.md when fewer than 8 exist
@@ -185,14 +200,23 @@ EOF
     say "cifar_ro: the short fit with compile mode reduce-overhead (CUDA graphs)"
     FIT_CAP=150
     fit_cifar reduce_overhead $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}'
-    $PY benchmarks/_gpu_summary.py fit "$WORK/reduce_overhead" "$WORK/reduce_overhead-clock.json" "$FIT_WALL" 128 \
-      "$OUT/cifar_reduce_overhead.json" > /dev/null
+    PROJ_RO=$($PY benchmarks/_gpu_summary.py fit "$WORK/reduce_overhead" "$WORK/reduce_overhead-clock.json" \
+      "$FIT_WALL" 128 "$OUT/cifar_reduce_overhead.json" | tail -1)
+    PROJ=${PROJ:-$PROJ_RO}
     say "cifar_ro: the same with --model.compile_eval false (validation eagerly, no CUDA graphs for it)"
     fit_cifar ro_eager_eval $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}' \
       --model.compile_eval false
     $PY benchmarks/_gpu_summary.py fit "$WORK/ro_eager_eval" "$WORK/ro_eager_eval-clock.json" "$FIT_WALL" 128 \
       "$WORK/ro_eager_eval.json" > /dev/null
     $PY benchmarks/_gpu_summary.py nest "$OUT/cifar_reduce_overhead.json" eager_eval "$WORK/ro_eager_eval.json"
+    if [[ ${RO_UNPADDED:-1} == 1 ]]; then
+      say "cifar_ro: the same with --data.pad_eval_batches false (the short last validation batch kept)"
+      fit_cifar ro_unpadded $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}' \
+        --data.pad_eval_batches false
+      $PY benchmarks/_gpu_summary.py fit "$WORK/ro_unpadded" "$WORK/ro_unpadded-clock.json" "$FIT_WALL" 128 \
+        "$WORK/ro_unpadded.json" > /dev/null
+      $PY benchmarks/_gpu_summary.py nest "$OUT/cifar_reduce_overhead.json" unpadded_eval "$WORK/ro_unpadded.json"
+    fi
     cat "$OUT/cifar_reduce_overhead.json"
     ;;
   data)

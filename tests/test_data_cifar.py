@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 
 from resnet_lit.data import CIFARDataModule, ShardSampler, cifar_io, shard_indices
 from resnet_lit.data.cifar_io import DownloadError
+from resnet_lit.data.padding import PADDED_LABEL
 from resnet_lit.data.transforms import cifar_augment, normalize
 
 CIFAR10_ORDER = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -234,10 +235,11 @@ def test_fit_with_lightning_trainer(cifar_root, cifar_cache) -> None:
 
         def validation_step(self, batch, i):
             x, y = batch
-            assert torch.equal(x,
-                               normalize(self.trainer.datamodule.val_set.x[self.val_seen : self.val_seen + len(x)],
-                                         self.trainer.datamodule.mean))
-            self.val_seen += len(x)
+            n = int((y != PADDED_LABEL).sum())  # the images; the rest pads a short batch to full size
+            dm = self.trainer.datamodule
+            assert torch.equal(x[:n], normalize(dm.val_set.x[self.val_seen : self.val_seen + n], dm.mean))
+            assert bool((y[n:] == PADDED_LABEL).all())
+            self.val_seen += n
             self.val_sizes.append(len(x))
 
         def configure_optimizers(self):
@@ -250,7 +252,7 @@ def test_fit_with_lightning_trainer(cifar_root, cifar_cache) -> None:
     trainer.fit(probe, datamodule=dm)
     assert probe.train_shapes == [((32, 3, 32, 32), torch.float32)] * (200 // 32)  # drop_last: static shapes
     assert probe.val_seen == 200
-    assert probe.val_sizes == [64, 64, 64, 8]  # evaluation keeps the short last batch
+    assert probe.val_sizes == [64, 64, 64, 64]  # the last batch of 8 padded to 64 (pad_eval_batches)
     assert CIFARDataModule(str(cifar_root), batch_size=32).eval_batch_size == 32  # default: batch_size
     with pytest.raises(ValueError, match="eval_batch_size must be >= 1"):
         CIFARDataModule(str(cifar_root), eval_batch_size=0)

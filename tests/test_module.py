@@ -70,7 +70,8 @@ def test_compile_eval_false_never_compiles_the_eval_graph(cifar_root, tmp_path, 
     module = ImageClassifier(arch="resnet20", num_classes=10, width=0.25,
                              compile={"backend": counting_backend}, compile_eval=compile_eval,
                              schedule={"unit": "step", "milestones": [100]})
-    data = CIFARDataModule(str(cifar_root), batch_size=32, subset=48)  # val: 32 + 16 images
+    # val: 32 + 16 images, the short batch kept (padding is test_compile_counts.py's subject)
+    data = CIFARDataModule(str(cifar_root), batch_size=32, subset=48, pad_eval_batches=False)
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          default_root_dir=tmp_path)

@@ -4,7 +4,9 @@ Each argument of a DataModule is declared once, in its ``__init__`` signature: L
 from there, ``save_hyperparameters`` stores it in checkpoints, and the code reads it back from
 ``self.hparams``. This base builds the loaders from each rank's shard (``ShardSampler``), keeps one
 copy of the normalisation statistics per device, and runs the batch hooks: skipped-image counting
-and masking on the host before the transfer, ``transform_batch`` on whole batches on the device after it.
+and masking on the host before the transfer, then the padding of a short evaluation batch to
+``eval_batch_size`` (``pad_eval_batches``, data/padding.py), and ``transform_batch`` on whole
+batches on the device after the transfer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from resnet_lit.lightning_private import should_update_logs
 
 from .decode import SKIPPED_LABEL
 from .folder import default_num_workers
+from .padding import pad_eval_batch
 from .sharding import ShardSampler
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class ImageDataModule(L.LightningDataModule):
     """Base of the image DataModules: subclasses define ``__init__`` (calling ``save_hyperparameters``
-    with ``batch_size``, ``eval_batch_size``, ``seed``, ``num_workers``, ``pin_memory`` and
+    with ``batch_size``, ``eval_batch_size``, ``pad_eval_batches``, ``seed``, ``num_workers``, ``pin_memory`` and
     ``on_bad_image`` among their arguments), ``statistics`` and ``transform_batch``."""
 
     def __init__(self) -> None:
@@ -45,6 +48,11 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    @property
+    def pad_eval_batches(self) -> bool:
+        """Whether a short validation / test / predict batch is padded to ``eval_batch_size`` (data/padding.py)."""
+        return bool(self.hparams.get("pad_eval_batches", True))
 
     @property
     def num_workers(self) -> int:
@@ -88,7 +96,11 @@ class ImageDataModule(L.LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} must define transform_batch(x, train)")
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return self._host_batch(batch, evaluating=self.trainer is not None and not self.trainer.training)
+        evaluating = self.trainer is not None and not self.trainer.training
+        batch = self._host_batch(batch, evaluating=evaluating)
+        if evaluating and self.pad_eval_batches:  # one evaluation shape for compile and CUDA graphs
+            batch = pad_eval_batch(batch, self.eval_batch_size)
+        return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return self._device_batch(batch, train=self.trainer is not None and self.trainer.training)
@@ -123,7 +135,8 @@ class ImageDataModule(L.LightningDataModule):
         The loaders alone give what the workers make (uint8 images; ImageFolder batches also carry a
         bad-image flag): a Trainer finishes each batch in the batch hooks. This does the same for
         ``split`` ("train", "val", "test" or "predict"): skipped-image handling, the transfer to
-        ``device``, then normalisation (and, for "train", augmentation) on the device::
+        ``device``, then normalisation (and, for "train", augmentation) on the device. The short last
+        evaluation batch stays short here (``pad_eval_batches`` pads only inside a Trainer)::
 
             dm = CIFARDataModule(root="../shared/data/cifar10-jpeg", batch_size=128)
             x, y = next(dm.batches("train"))    # float [128, 3, 32, 32], normalised and augmented

@@ -77,6 +77,7 @@ class CIFARDataModule(ImageDataModule):
         root: str,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
+        pad_eval_batches: bool = True,
         val_split: Literal["test", "holdout"] = "test",
         holdout_size: int = 5000,
         subset: int | None = None,
@@ -101,6 +102,11 @@ class CIFARDataModule(ImageDataModule):
                 keeps no activations for a backward pass, so it fits larger batches: 1000 cuts the
                 10k test set into 10 equal batches (no short last batch to compile or record again,
                 and fewer launches per validation than 79 batches of 128). Results do not depend on it.
+            pad_eval_batches: pad the last, short validation and test batch to ``eval_batch_size``
+                with masked rows that no metric, loss or count includes (data/padding.py), so compiled
+                code and CUDA graphs see one evaluation shape and never compile or record again for the
+                short batch. On by default: it costs the padded rows' compute on one batch per
+                evaluation; the figures are the same either way. ``False`` keeps the short batch.
             val_split: "test": train on all 50k, validate on the 10k test set (the paper's reported
                 numbers); "holdout": train on 45k, validate on a stratified seeded 5k holdout
                 (the paper's split for choosing the schedule).

@@ -53,6 +53,7 @@ class ImageNetDataModule(ImageDataModule):
         normalization: Literal["mean_std", "mean"] = "mean_std",
         test_mode: Literal["center", "flip", "ten_crop", "multi_scale"] = "center",
         eval_batch_size: int | None = None,
+        pad_eval_batches: bool = True,
         train_dir: str = "train",
         val_dir: str = "val",
         test_dir: str | None = None,
@@ -83,6 +84,11 @@ class ImageNetDataModule(ImageDataModule):
                 shorter side 224, 256, 384, 480, 640: a list of five batches). Validation is always "center".
             eval_batch_size: images per validation, test and predict batch (default ``batch_size``;
                 lower it for ten_crop / multi_scale, which hold 10x / about 15x the pixels).
+            pad_eval_batches: pad the last, short validation, test and predict batch to ``eval_batch_size``
+                with masked rows that no metric, loss or count includes (data/padding.py), so compiled
+                code and CUDA graphs see one evaluation shape and never compile or record again for the
+                short batch. On by default: it costs the padded rows' compute on one batch per
+                evaluation; the figures are the same either way. ``False`` keeps the short batch.
             train_dir, val_dir: split folder (or archive) names under ``root``.
             test_dir: split used by ``test`` (default: ``val_dir``).
             predict_path: image file, folder of images or list of them for ``predict``; batches are

@@ -3,7 +3,9 @@
 Top-1 and top-k accuracy, the mean loss and the number of images evaluated, each summed over the
 epoch and, under DDP, over ranks by torchmetrics (``compute`` reduces). A batch slot whose image was
 unreadable (``on_bad_image: skip``) has the label ``SKIPPED_LABEL``: the accuracies ignore it, the
-loss and the image count leave it out, and it is counted as skipped. ``validate_args=False`` and
+loss and the image count leave it out, and it is counted as skipped. A padding row of a short batch
+made full size (``PADDED_LABEL``, data/padding.py) is left out the same way and counted nowhere,
+so the figures and ``images`` are the same with padding as without. ``validate_args=False`` and
 ``nan_strategy="disable"``: their checks would synchronise the GPU on every step. The states are not
 persistent (not in checkpoints), as torchmetrics' default.
 """
@@ -19,6 +21,13 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from resnet_lit.data.decode import SKIPPED_LABEL
+from resnet_lit.data.padding import PADDED_LABEL
+
+
+def ignored_padding(y: torch.Tensor) -> torch.Tensor:
+    """``y`` with padding rows marked ``SKIPPED_LABEL``, the ``ignore_index`` the losses and accuracies
+    skip (on the device, no synchronisation)."""
+    return y.masked_fill(y == PADDED_LABEL, SKIPPED_LABEL)
 
 
 def accuracy_figures(acc1: Any, acck: Any) -> dict[str, Any]:
@@ -34,12 +43,13 @@ class EvalMetrics(nn.Module):
         self.loss_sum, self.images, self.skipped = (SumMetric(nan_strategy="disable") for _ in range(3))
 
     def update(self, scores: torch.Tensor, y: torch.Tensor, losses: torch.Tensor) -> None:
-        """``losses``: per image, 0 for a skipped slot (``ignore_index=SKIPPED_LABEL``)."""
-        skipped = y == SKIPPED_LABEL
+        """``losses``: per image, 0 for a skipped slot or a padding row (``ignore_index=SKIPPED_LABEL``)."""
+        skipped, padded = y == SKIPPED_LABEL, y == PADDED_LABEL
+        y = ignored_padding(y)
         self.acc1.update(scores, y)
         self.acck.update(scores, y)
         self.loss_sum.update(losses.float().sum())
-        self.images.update((~skipped).sum())
+        self.images.update((~(skipped | padded)).sum())
         self.skipped.update(skipped.sum())
 
     def compute(self) -> dict[str, torch.Tensor] | None:
@@ -60,9 +70,10 @@ class EvalMetrics(nn.Module):
 def scores_and_losses(module: Any, x: Any, y: torch.Tensor,
                       label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One evaluation batch through ``module`` (an ``ImageClassifier``): the scores the accuracies
-    rank and the loss of each image (0 for a skipped slot). One view ([B, C, H, W]): logits and
-    cross-entropy with the training's label smoothing; several crops ([B, K, C, H, W]) or scales (a
-    list): probabilities averaged over them, as the paper's 10-crop testing, and their log loss."""
+    rank and the loss of each image (0 for a skipped slot or a padding row). One view ([B, C, H, W]):
+    logits and cross-entropy with the training's label smoothing; several crops ([B, K, C, H, W]) or
+    scales (a list): probabilities averaged over them, as the paper's 10-crop testing, and their log loss."""
+    y = ignored_padding(y)
     if isinstance(x, torch.Tensor) and x.ndim == 4:
         scores = module(x)
         return scores, F.cross_entropy(scores, y, reduction="none", ignore_index=SKIPPED_LABEL,

@@ -1,0 +1,83 @@
+"""The package's shape: no import circle, no upward import between the subpackages, no module
+grown past about 400 lines (docs: README "Where things are"; ../shared/DESIGN.md).
+
+Module-level imports only: an import inside a function is how a lower layer reaches an optional
+or heavy dependency at call time, and is not part of the import graph.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Each subpackage imports only from its own layer or below. The top-level modules (the lazy API in
+# __init__, __main__, lightning_private, _moved) are not layered: lightning_private is a leaf that
+# any layer may use, and __init__/__main__ only name what is below them.
+LAYERS = {"models": 0, "data": 1, "checkpointing": 1, "training": 2, "runs": 3, "commands": 3}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    files = {}
+    for path in sorted((SRC / "resnet_lit").rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resnet_lit"):
+                # `from pkg import module` depends on that module, not on the package's __init__
+                deps.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                            for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("resnet_lit"))
+        graph[name] = deps
+    return graph
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+def test_the_graph_is_read() -> None:
+    graph = _module_graph()
+    assert "resnet_lit.training.classifier" in graph
+    assert "resnet_lit.models" in graph["resnet_lit.training.classifier"]
+
+
+def test_no_import_circle() -> None:
+    graph = _module_graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail("import circle: " + " -> ".join([*path[path.index(module):], module]))
+        if module in done:
+            return
+        for dep in graph.get(module, ()):
+            visit(dep, [*path, module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])
+
+
+def test_no_upward_import() -> None:
+    upward = []
+    for module, deps in _module_graph().items():
+        here = _layer(module)
+        if here is None:
+            continue
+        upward += [f"{module} -> {dep}" for dep in deps if (_layer(dep) or 0) > here]
+    assert not upward, upward
+
+
+def test_no_module_past_about_400_lines() -> None:
+    long = {str(p.relative_to(SRC)): n for p in (SRC / "resnet_lit").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, long
