@@ -75,6 +75,16 @@ def pixel_mean(x: torch.Tensor, chunk: int = 5000) -> torch.Tensor:
     return (total / (255.0 * len(x))).to(torch.float32)
 
 
+class FlipViews(TensorBatches):
+    """Test batches for flip TTA: [B, 1, 3, H, W], one view that ``transform_batch`` normalises and
+    then mirrors into the second view (after the per-pixel mean, which is not mirror-symmetric, as
+    training flips after it)."""
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = super().__getitem__(idx)
+        return x.unsqueeze(1), y
+
+
 class CIFARDataModule(ImageDataModule):
     def __init__(
         self,
@@ -102,6 +112,7 @@ class CIFARDataModule(ImageDataModule):
         policy_groups: int | None = None,
         repeated_augmentation: int = 1,
         repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
+        test_mode: Literal["center", "flip"] = "center",
     ) -> None:
         """CIFAR-10 or CIFAR-100.
 
@@ -158,6 +169,8 @@ class CIFARDataModule(ImageDataModule):
             repeated_augmentation_epoch: "all_repeats": an epoch shows each image exactly k times (k times
                 as many steps); "dataset_size": it keeps the data set's length (n / k images, k times
                 each), as DeiT, timm and torchvision count epochs.
+            test_mode: "center" (the 32x32 image) or "flip" (the image and its mirror image,
+                [B, 2, 3, 32, 32]: the model averages their probabilities). Validation is always "center".
         """
         super().__init__()
         self.save_hyperparameters()
@@ -239,7 +252,7 @@ class CIFARDataModule(ImageDataModule):
             self._device_policy, policy = policy, None
         self.train_set = TensorBatches(train_x, train_y, per_image=policy)
         self.val_set = TensorBatches(val_x, val_y)
-        self.test_set = TensorBatches(test_x, test_y)
+        self.test_set = (FlipViews if hp.test_mode == "flip" else TensorBatches)(test_x, test_y)
 
     # ------------------------------------------------------------------ loaders
     def _device(self) -> torch.device | None:
@@ -277,8 +290,12 @@ class CIFARDataModule(ImageDataModule):
         return self.mean, None
 
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """uint8 [B, 3, 32, 32] on any device -> float32, mean-subtracted; augmented when ``train``."""
+        """uint8 [B, 3, 32, 32] on any device -> float32, mean-subtracted; augmented when ``train``
+        (a flip-TTA test batch [B, 1, 3, 32, 32] -> its two views [B, 2, 3, 32, 32])."""
         mean, _ = self.statistics_on(x.device)
+        if x.ndim == 5:  # flip TTA (FlipViews): the image and its mirror image, [B, 2, 3, 32, 32]
+            x = normalize(x[:, 0], mean)
+            return torch.stack((x, x.flip(-1)), 1)
         if not train:
             return normalize(x, mean)
         if self._device_policy is not None:  # policy_groups: one draw per group of images, on the device

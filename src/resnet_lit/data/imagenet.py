@@ -3,8 +3,8 @@
 Workers decode and crop each image to uint8 (``transforms.PaperTrainTransform`` etc.); after the
 batch reaches the device, ``on_after_batch_transfer`` adds the PCA colour noise (training) and
 normalises, on whole batches. Test batches take the forms ``ImageClassifier.test_step`` averages:
-``center`` [B, 3, 224, 224], ``ten_crop`` [B, 10, 3, 224, 224], ``multi_scale`` a list of
-[B, 3, S, S] for S in {224, 256, 384, 480, 640}.
+``center`` [B, 3, 224, 224], ``flip`` [B, 2, 3, 224, 224], ``ten_crop`` [B, 10, 3, 224, 224],
+``multi_scale`` a list of [B, 3, S, S] for S in {224, 256, 384, 480, 640}.
 
 Modern recipe options, all off by default: ``train_size`` / ``test_size`` / ``test_resize`` set the
 training and test resolutions apart (FixRes), ``progressive_resize`` changes the training size over
@@ -43,6 +43,7 @@ from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CenterCrop,
+    CenterFlip,
     ModernTrainTransform,
     MultiScale,
     PaperTrainTransform,
@@ -61,7 +62,7 @@ class ImageNetDataModule(ImageDataModule):
         augmentation: Literal["paper", "modern"] = "paper",
         lighting: float = 0.1,
         normalization: Literal["mean_std", "mean"] = "mean_std",
-        test_mode: Literal["center", "ten_crop", "multi_scale"] = "center",
+        test_mode: Literal["center", "flip", "ten_crop", "multi_scale"] = "center",
         eval_batch_size: int | None = None,
         pad_eval_batches: bool = True,
         train_dir: str = "train",
@@ -99,7 +100,8 @@ class ImageNetDataModule(ImageDataModule):
             lighting: std of AlexNet's PCA colour noise in training (the paper: 0.1; 0 turns it off).
             normalization: "mean_std": subtract ImageNet's channel mean and divide by its std (what
                 torchvision's weights expect); "mean": subtract the mean only (the paper).
-            test_mode: "center" (shorter side 256, centre 224), "ten_crop" (4 corners + centre and
+            test_mode: "center" (shorter side 256, centre 224), "flip" (the centre view and its mirror
+                image, [B, 2, 3, 224, 224], probabilities averaged), "ten_crop" (4 corners + centre and
                 their mirror images, [B, 10, 3, 224, 224]) or "multi_scale" (square views with
                 shorter side 224, 256, 384, 480, 640: a list of five batches). Validation is always "center".
             eval_batch_size: images per validation, test and predict batch (default ``batch_size``;
@@ -261,8 +263,8 @@ class ImageNetDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         resize, crop = hp.test_resize or round(hp.test_size * 256 / 224), hp.test_size
-        test_tf = {"center": CenterCrop(resize, crop), "ten_crop": TenCrop(resize, crop),
-                   "multi_scale": MultiScale()}[hp.test_mode]
+        test_tf = {"center": CenterCrop(resize, crop), "flip": CenterFlip(resize, crop),
+                   "ten_crop": TenCrop(resize, crop), "multi_scale": MultiScale()}[hp.test_mode]
         if stage in ("fit", None):
             self.train_set = ImageFiles(self._scanned("train"), self._train_transform(), hp.on_bad_image)
         if stage in ("fit", "validate", None):

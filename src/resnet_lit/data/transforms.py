@@ -7,9 +7,9 @@ Two kinds, split by where they run:
   ``crop_and_flip``), ``pca_lighting``.
   Workers then ship uint8 (4x fewer bytes than float) and the GPU does the arithmetic.
 * per-image callables ``(bytes or path, name) -> uint8``, run in DataLoader workers, that decode
-  and crop one ImageNet image: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``, ``TenCrop``,
-  ``MultiScale``. They crop *before* resizing, decode JPEG with libjpeg-turbo straight into a
-  tensor, and for large images let PIL's JPEG decoder drop resolution it will not need
+  and crop one ImageNet image: ``PaperTrainTransform``, ``ModernTrainTransform``, ``CenterCrop``,
+  ``CenterFlip``, ``TenCrop``, ``MultiScale``. They crop *before* resizing, decode JPEG with
+  libjpeg-turbo straight into a tensor, and for large images let PIL's JPEG decoder drop resolution it will not need
   (``draft``), which is why they beat torchvision's resize-then-crop presets (docs/data.md).
 """
 
@@ -271,6 +271,15 @@ class CenterCrop:
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
         return crop_resize(data, name, _center_box(self.resize, self.crop), (self.crop, self.crop))
+
+
+class CenterFlip(CenterCrop):
+    """Test-time flip averaging: the centre view and its mirror image -> uint8 [2, 3, crop, crop]
+    (the model averages the two views' probabilities, as 10-crop's ten)."""
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        x = super().__call__(data, name)
+        return torch.stack((x, x.flip(-1)))
 
 
 class TenCrop:

@@ -36,7 +36,7 @@ _FAMILY = {  # class, default num_classes, default shortcut (the paper's choice 
     "imagenet": (ResNet, 1000, "B"),
     "cifar": (CifarResNet, 10, "A"),
 }
-_OPTIONS = ("shortcut", "stride_in_1x1", "zero_init_residual", "width", "in_chans")
+_OPTIONS = ("shortcut", "stride_in_1x1", "zero_init_residual", "width", "in_chans", "drop_path_rate")
 _SHORTCUTS = ("A", "B", "C")
 
 
@@ -66,6 +66,11 @@ def create_model(
         width: float = 1.0. Channel multiplier for every conv (rounded, at least 1 channel):
             the width-vs-depth question the paper leaves open.
         in_chans: int = 3. Input channels of the first conv.
+        drop_path_rate: float = 0.0. Stochastic depth (Huang et al. 2016): in training, each residual
+            branch is dropped per image with a probability rising linearly over depth from 0 (first
+            block) to this rate (last block); the identity in evaluation. 0 = none, the paper's net.
+            A training regulariser, not the architecture: no parameter, same state-dict keys, and
+            not in `arch_spec` (the evaluated net is the same). Residual nets only.
         weights: a weights file to load strictly (safetensors, a resnet-lit `.ckpt`, a state dict
             `.pth`, torchvision's or timm's; read without unpickling code), e.g. the published
             `results/cifar10-resnet20-cpu/resnet20.safetensors`. The file must fit the
@@ -90,6 +95,7 @@ def create_model(
     zero_init_residual = options.get("zero_init_residual", False)
     width = options.get("width", 1.0)
     in_chans = options.get("in_chans", 3)
+    drop_path_rate = options.get("drop_path_rate", 0.0)
     num_classes = default_classes if num_classes is None else num_classes
 
     if shortcut is not None and shortcut not in _SHORTCUTS:
@@ -103,6 +109,10 @@ def create_model(
             raise ValueError(f"{key}={value!r} is not valid; use True or False")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
         raise ValueError(f"width={width!r} is not valid; use a number > 0 (1.0 = the paper's channel counts)")
+    if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) or not 0 <= drop_path_rate < 1:
+        raise ValueError(f"drop_path_rate={drop_path_rate!r} is not valid; use a number in [0, 1) (0 = none)")
+    if not arch.residual and drop_path_rate:
+        raise ValueError(f"{name} is a plain net without residual branches: drop_path_rate must be 0")
     for key, value in (("in_chans", in_chans), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r} is not valid; use an int >= 1")
@@ -110,7 +120,7 @@ def create_model(
     model = cls(
         arch.block, arch.layers, num_classes,
         residual=arch.residual, shortcut=shortcut or default_shortcut, stride_in_1x1=stride_in_1x1,
-        zero_init_residual=zero_init_residual, width=width, in_chans=in_chans,
+        zero_init_residual=zero_init_residual, width=width, in_chans=in_chans, drop_path_rate=drop_path_rate,
     )  # fmt: skip
     model.arch_spec["name"] = name
     if weights is not None:

@@ -7,11 +7,13 @@ The CIFAR nets (cifar.py) reuse the blocks, the stage builder and this class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
 Shortcut = Literal["A", "B", "C"]
 
@@ -79,10 +81,12 @@ class BasicBlock(nn.Module):
         downsample: nn.Module | None = None,
         residual: bool = True,
         stride_in_1x1: bool = False,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if downsample is not None and not residual:
             raise ValueError("a plain (residual=False) block has no shortcut: pass downsample=None")
+        self.drop_path = _drop_path(drop_path, residual)
         self.conv1 = conv3x3(in_chs, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -98,6 +102,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.drop_path is not None:  # stochastic depth: the whole branch of some images, training only
+            out = self.drop_path(out)
         if self.residual:  # y = F(x) + x (eq. 1), then the ReLU after the addition (Fig. 2)
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.relu(out)
@@ -121,10 +127,12 @@ class Bottleneck(nn.Module):
         downsample: nn.Module | None = None,
         residual: bool = True,
         stride_in_1x1: bool = False,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if downsample is not None and not residual:
             raise ValueError("a plain (residual=False) block has no shortcut: pass downsample=None")
+        self.drop_path = _drop_path(drop_path, residual)
         out_chs = planes * self.expansion
         self.conv1 = conv1x1(in_chs, planes, stride if stride_in_1x1 else 1)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -143,12 +151,31 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.relu(out)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
+
+
+def _drop_path(rate: float, residual: bool) -> StochasticDepth | None:
+    """Stochastic depth (Huang et al. 2016, arXiv:1603.09382) of one residual branch: in training,
+    each image's branch is zeroed with probability ``rate`` and kept ones scaled by 1 / (1 - rate)
+    ("row" mode); the identity in evaluation. No parameters: state-dict keys stay the same."""
+    if not rate:
+        return None
+    if not residual:
+        raise ValueError("a plain (residual=False) block has no residual branch to drop: drop_path must be 0")
+    return StochasticDepth(rate, "row")
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Per-block rates decaying linearly over depth, 0 for the first block to ``rate`` for the last
+    (Huang et al. 2016's linear rule, as timm's ResNet)."""
+    return [rate * i / max(1, blocks - 1) for i in range(blocks)]
 
 
 def make_stage(
@@ -161,14 +188,17 @@ def make_stage(
     residual: bool,
     shortcut: Shortcut,
     stride_in_1x1: bool,
+    drop_path: Sequence[float] = (),
 ) -> nn.Sequential:
-    """`blocks` blocks; the first one changes the resolution (stride) and the channel count."""
+    """`blocks` blocks; the first one changes the resolution (stride) and the channel count.
+    `drop_path`: each block's stochastic-depth rate (empty: none)."""
     layers = []
     out_chs = planes * block.expansion
     for i in range(blocks):
         s = stride if i == 0 else 1
         downsample = make_shortcut(shortcut, in_chs, out_chs, s) if residual else None
-        layers.append(block(in_chs, planes, s, downsample, residual, stride_in_1x1))
+        rate = drop_path[i] if drop_path else 0.0
+        layers.append(block(in_chs, planes, s, downsample, residual, stride_in_1x1, rate))
         in_chs = out_chs
     return nn.Sequential(*layers)
 
@@ -195,6 +225,7 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         width: float = 1.0,
         in_chans: int = 3,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if len(layers) != len(self.stage_planes):
@@ -202,10 +233,13 @@ class ResNet(nn.Module):
         chs = scale_channels(self.stage_planes[0], width)
         self._make_stem(in_chans, chs)
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
+        rates = drop_path_rates(drop_path_rate, sum(layers)) if drop_path_rate else []
         for i, (name, planes, blocks) in enumerate(zip(self.stage_names, self.stage_planes, layers)):
+            first = sum(layers[:i])
             stage = make_stage(
                 block, chs, scale_channels(planes, width), blocks, 1 if i == 0 else 2,
                 residual=residual, shortcut=shortcut, stride_in_1x1=stride_in_1x1,
+                drop_path=rates[first : first + blocks],
             )  # fmt: skip
             setattr(self, name, stage)
             chs = scale_channels(planes, width) * block.expansion

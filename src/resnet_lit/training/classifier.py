@@ -23,8 +23,10 @@ from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.lightning_private import should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
+from resnet_lit.training.ema import EMAConfig, EMAWeights
 from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
 from resnet_lit.training.finetune import Freeze, apply_freeze
+from resnet_lit.training.losses import LossKind, build_loss
 from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
 from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training
 from resnet_lit.training.train_accuracy import TrainAccuracy
@@ -51,7 +53,16 @@ class ImageClassifier(pl.LightningModule):
             classifier); docs/finetune.md.
         optimizer: see ``OptimizerConfig``; lr is per ``reference_batch`` images.
         schedule: see ``ScheduleConfig``.
-        label_smoothing: cross-entropy label smoothing (0 in the paper).
+        label_smoothing: label smoothing of the training loss (0 in the paper); validation and test
+            losses are cross-entropy with it whatever ``loss`` is.
+        loss: ``ce`` (cross-entropy, the paper's) or ``bce`` (binary cross-entropy averaged over classes,
+            timm's "ResNet strikes back"). Both take class indices [B] or soft targets [B, C]
+            (MixUp / CutMix); training/losses.py.
+        drop_path_rate: stochastic depth: each residual branch is dropped per image in training with a
+            probability rising linearly over depth to this rate; 0 (the paper's) = none.
+        ema: an exponential moving average of the weights (``{decay: 0.9998}``; see ``EMAConfig``);
+            validation, test, predict and export then use the averaged weights (training/ema.py).
+            ``None`` (the paper's) = none.
         compile: ``False``, ``True`` or keyword arguments of ``nn.Module.compile`` (``mode``,
             ``fullgraph``, ``dynamic``) for the backbone.
         channels_last: keep weights and inputs in NHWC (faster convolutions on tensor cores).
@@ -74,6 +85,9 @@ class ImageClassifier(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),
         schedule: ScheduleConfig = ScheduleConfig(),
         label_smoothing: float = 0.0,
+        loss: LossKind = "ce",
+        drop_path_rate: float = 0.0,
+        ema: EMAConfig | None = None,
         compile: bool | dict[str, Any] = False,
         channels_last: bool = False,
         compile_eval: bool = True,
@@ -82,17 +96,18 @@ class ImageClassifier(pl.LightningModule):
         # Checkpoints hold plain dicts (weights_only loading), the module works with dataclasses.
         optimizer = OptimizerConfig(**optimizer) if isinstance(optimizer, dict) else optimizer
         schedule = ScheduleConfig(**schedule) if isinstance(schedule, dict) else schedule
+        ema = EMAConfig(**ema) if isinstance(ema, dict) else ema
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         hparams = dict(locals())  # the constructor's arguments (and self, __class__: dropped below)
-        hparams.update(optimizer=asdict(optimizer), schedule=asdict(schedule))
+        hparams.update(optimizer=asdict(optimizer), schedule=asdict(schedule), ema=asdict(ema) if ema else None)
         self.save_hyperparameters({k: v for k, v in hparams.items() if k not in ("self", "__class__")})
-        self.optim_cfg, self.schedule_cfg = optimizer, schedule
+        self.optim_cfg, self.schedule_cfg, self.ema_cfg = optimizer, schedule, ema
         self.model = create_model(
             arch, num_classes=num_classes, shortcut=shortcut, stride_in_1x1=stride_in_1x1,
-            zero_init_residual=zero_init_residual, width=width, in_chans=in_chans,
+            zero_init_residual=zero_init_residual, width=width, in_chans=in_chans, drop_path_rate=drop_path_rate,
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.criterion = build_loss(loss, label_smoothing)  # index or soft targets (training/losses.py)
         self._top5 = min(5, num_classes)
         # validation and test: accuracies, loss and image counts, exact over ranks and skipped images
         self.metrics = nn.ModuleDict({stage: EvalMetrics(num_classes, self._top5) for stage in ("val", "test")})
@@ -204,6 +219,12 @@ class ImageClassifier(pl.LightningModule):
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
         return configure_training(self.model, self.optim_cfg, self.schedule_cfg, self.trainer)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # the EMA of the weights (training/ema.py), for fit only: a checkpoint's state_dict already
+        # holds the averaged weights that validate / test / predict read
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return [EMAWeights(self.ema_cfg)] if self.ema_cfg is not None and fitting else []
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

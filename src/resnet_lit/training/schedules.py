@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from resnet_lit.training.optimizers import Scaling, optimizer_class, scale_factor
+
 __all__ = [
     "OptimizerConfig", "ScheduleConfig", "global_batch_size", "scaled_lr", "steps_per_epoch", "lr_factor",
     "build_optimizer", "build_scheduler",
@@ -28,10 +30,13 @@ class OptimizerConfig:
     """The optimiser. Defaults are the paper's: SGD, momentum 0.9, weight decay 1e-4.
 
     Args:
-        name: a class in ``torch.optim`` (``SGD``, ``AdamW``, ``RMSprop``, ...).
-        lr: learning rate for ``reference_batch`` images; the module scales it linearly by the
-            global batch (per-device batch x devices x nodes x gradient accumulation).
+        name: a class in ``torch.optim`` (``SGD``, ``AdamW``, ``RMSprop``, ...), or timm's ``Lamb`` or
+            ``Lars`` (``pip install resnet-lit[recipes]``; training/optimizers.py).
+        lr: learning rate for ``reference_batch`` images; the module scales it to the global batch
+            (per-device batch x devices x nodes x gradient accumulation) by ``scaling``.
         reference_batch: the batch ``lr`` is stated for: 256 for ImageNet, 128 for CIFAR (the paper's).
+        scaling: how the lr follows the global batch: ``linear`` (Goyal et al. 2017; the paper's SGD),
+            ``sqrt`` (square root of the ratio: Adam-type and LAMB recipes) or ``none``.
         momentum: passed only to optimisers that take it.
         weight_decay: L2 penalty (1e-4 in the paper).
         no_decay_bn_bias: exempt batch-norm and bias parameters from weight decay.
@@ -44,6 +49,7 @@ class OptimizerConfig:
     name: str = "SGD"
     lr: float = 0.1
     reference_batch: int = 256
+    scaling: Scaling = "linear"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     no_decay_bn_bias: bool = False
@@ -102,9 +108,10 @@ def global_batch_size(per_device: int, devices: int = 1, num_nodes: int = 1, acc
     return per_device * devices * num_nodes * accumulate
 
 
-def scaled_lr(lr: float, reference_batch: int, global_batch: int) -> float:
-    """Linear scaling rule (Goyal et al. 2017): lr grows with the global batch."""
-    return lr * global_batch / reference_batch
+def scaled_lr(lr: float, reference_batch: int, global_batch: int, scaling: Scaling = "linear") -> float:
+    """The lr for ``global_batch`` images a step: by default the linear scaling rule (Goyal et al. 2017),
+    lr grows with the global batch; ``sqrt`` with its square root; ``none`` not at all."""
+    return lr * scale_factor(scaling, reference_batch, global_batch)
 
 
 def steps_per_epoch(batches_per_epoch: int | float, accumulate: int = 1) -> int:
@@ -147,14 +154,9 @@ def _need(value: int | None, name: str) -> int:
 
 def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float,
                     device: torch.device) -> torch.optim.Optimizer:
-    """The ``torch.optim`` class ``cfg.name`` over the parameter ``groups``, at the scaled ``lr``."""
-    cls = getattr(torch.optim, cfg.name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        valid = sorted(
-            n for n, c in vars(torch.optim).items()
-            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
-        )
-        raise ValueError(f"optimizer.name {cfg.name!r} is not a torch.optim optimiser; valid: {', '.join(valid)}")
+    """The optimiser class ``cfg.name`` (``torch.optim`` or timm's, training/optimizers.py) over the
+    parameter ``groups``, at the scaled ``lr``."""
+    cls = optimizer_class(cfg.name)
     accepted = inspect.signature(cls).parameters
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
     if "momentum" in accepted:
@@ -166,7 +168,8 @@ def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: floa
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(
-            f"optimizer.args {unknown} are not arguments of torch.optim.{cfg.name}; it takes {sorted(accepted)}"
+            f"optimizer.args {unknown} are not arguments of {cls.__module__}.{cls.__name__}; "
+            f"it takes {sorted(accepted)}"
         )
     return cls(groups, **kwargs)
 
@@ -200,11 +203,13 @@ def configure_training(model: nn.Module, cfg: OptimizerConfig, schedule: Schedul
 
     per_device = _per_device_batch(trainer)
     batch = global_batch_size(per_device, trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
-    lr = scaled_lr(cfg.lr, cfg.reference_batch, batch)
+    lr = scaled_lr(cfg.lr, cfg.reference_batch, batch, cfg.scaling)
+    ratio = {"linear": f" x {batch}/{cfg.reference_batch}", "sqrt": f" x sqrt({batch}/{cfg.reference_batch})",
+             "none": " (scaling none)"}[cfg.scaling]
     rank_zero_info(
         f"global batch {batch} = {per_device} per device x {trainer.num_devices} device(s) x "
         f"{trainer.num_nodes} node(s) x {trainer.accumulate_grad_batches} accumulation; "
-        f"lr {lr:.6g} = {cfg.lr:g} x {batch}/{cfg.reference_batch}"
+        f"lr {lr:.6g} = {cfg.lr:g}{ratio}"
     )
     groups = param_groups(model, lr, cfg.backbone_lr_scale, cfg.weight_decay, cfg.no_decay_bn_bias)
     optimizer = build_optimizer(cfg, groups, lr, next(model.parameters()).device)

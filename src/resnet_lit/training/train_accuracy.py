@@ -6,6 +6,11 @@ a step (an eighth of their host time on a CPU, docs/benchmarks.md). The counts a
 DDP would broadcast rank 0's counts every step. A checkpoint taken inside an epoch carries them
 (``state_dict``), so a run resumed mid-epoch logs the whole epoch's figure, as ``RNGState`` carries
 the random generators.
+
+Soft targets (MixUp / CutMix: float [B, C], class probabilities) count a hit when the image's top-1
+(or any of its top-k) logit is the target's most probable class, ``y.argmax(1)``: for a mixed image
+that is the class with the larger share (the lower class index on a tie), so on mixed batches the figure
+measures how often the net finds the dominant class, not an accuracy on clean images.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class TrainAccuracy:
         self.seen = 0
 
     def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """``y``: class indices [B], or class probabilities [B, C] (counted against their argmax)."""
+        if y.ndim == 2:
+            y = y.argmax(1)
         hits = logits.topk(self.top_k, dim=1).indices == y.unsqueeze(1)  # [B, k], best first
         counts = torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
         if self.hits is None:
