@@ -206,3 +206,41 @@ def test_test_batch_size_is_the_old_name_of_eval_batch_size() -> None:
         dm = ImageNetDataModule("unused", batch_size=8, test_batch_size=4)
     assert dm.eval_batch_size == 4 and dm.hparams.eval_batch_size == 4 and dm.hparams.test_batch_size is None
     assert ImageNetDataModule("unused", batch_size=8).eval_batch_size == 8
+
+
+class _IndexOf:
+    """A stand-in transform that returns the sample's index (its path's place in the list): the
+    test reads the order the loader delivers without decoding images."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.index = {p: i for i, p in enumerate(paths)}
+
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        return torch.tensor([self.index[name]])
+
+
+def test_train_loader_reads_the_set_epochs_order_and_resumes_mid_epoch(imagewoof_root, woof_cache) -> None:
+    """With a worker process, as Lightning drives it (the iterator is created, then the epoch set):
+    epoch 1 comes in epoch 1's order (a plain DataLoader's worker read epoch 0's ahead), and a
+    loader resumed 2 batches into epoch 1 delivers exactly the rest of it."""
+
+    def one_epoch(epoch: int, state: dict | None = None) -> tuple[list[int], list[int]]:
+        dm = make_dm(imagewoof_root, woof_cache, num_workers=1, batch_size=4)
+        dm.setup("fit")
+        dm.train_set.transform = _IndexOf([path for path, _ in dm.train_set.samples])
+        loader = dm.train_dataloader()
+        if state is not None:
+            loader.load_state_dict(state)
+        batches = iter(loader)
+        loader.sampler.set_epoch(epoch)
+        order = [int(i) for x, *_ in batches for i in x.flatten()]
+        loader.sampler.set_epoch(epoch)
+        expected = list(loader.sampler)[: len(order)]
+        return order, expected
+
+    order, expected = one_epoch(1)
+    assert order == expected and len(order) >= 12
+    epoch0, _ = one_epoch(0)
+    assert sorted(order) == sorted(epoch0) and order != epoch0  # same images, another order
+    rest, _ = one_epoch(1, {"epoch": 1, "batches": 2})
+    assert rest == order[8:]

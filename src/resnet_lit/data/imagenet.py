@@ -38,7 +38,7 @@ from .folder import (
 from .mixing import check_alphas
 from .policies import AutoAugmentName, PolicyAfter, augment_policy, mean_fill
 from .resolution import AtSize, ProgressiveResize, SizedShardSampler
-from .sharding import RepeatEpoch, epoch_length
+from .sharding import RepeatEpoch, ResumableLoader, epoch_length
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -277,17 +277,20 @@ class ImageNetDataModule(ImageDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: ImageFiles, batch_size: int, train: bool) -> DataLoader:
+        # Training: a ResumableLoader (data/sharding.py), which resumes mid-epoch at the right batch
+        # and starts its workers only after Lightning has set the epoch (a plain DataLoader's workers
+        # would read the previous epoch's order ahead).
         sampler = self._shard(len(ds), train=train)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
-                          **self._worker_args(self.pin_memory))
+        return (ResumableLoader if train else DataLoader)(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
+                                                          **self._worker_args(self.pin_memory))
 
     def train_dataloader(self) -> DataLoader:
         if self.progressive is None:
             return self._loader(self.train_set, self.batch_size, train=True)
         # Each index carries its epoch's size to the worker that reads it (data/resolution.py).
         sampler = self._shard(len(self.train_set), train=True, sampler=SizedShardSampler, schedule=self.progressive)
-        return DataLoader(AtSize(self.train_set), batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          **self._worker_args(self.pin_memory))
+        return ResumableLoader(AtSize(self.train_set), batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                               **self._worker_args(self.pin_memory))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, train=False)
