@@ -118,3 +118,20 @@ def test_the_reference_check_agrees_and_docs_quote_its_files():
     assert abs(lit_test - reference["final_test_error"]) <= 0.5
     docs = (REPO_ROOT / "docs" / "results.md").read_text()
     assert f"**{lit_test:.2f}**" in docs and f"**{reference['final_test_error']:.2f}**" in docs
+
+
+def test_the_cut_degradation_table_quotes_its_logs():
+    """docs/reproduction.md's 16k-schedule ResNet-20/56 table (runs stopped early) gives exactly the
+    training and validation errors of the two metrics.csv files kept in docs/degradation_cpu_16k."""
+    logs = REPO_ROOT / "docs" / "degradation_cpu_16k"
+    docs = (REPO_ROOT / "docs" / "reproduction.md").read_text()
+    for net, name in (("resnet20", "ResNet-20"), ("resnet56", "ResNet-56")):
+        rows = _metrics(logs / f"{net}-metrics.csv")
+        train = {int(r["step"]) + 1: float(r["train/error"]) for r in rows if r.get("train/error")}
+        val = {int(r["step"]) + 1: float(r["val/error"]) for r in rows if r.get("val/error")}
+        lr = {float(r["lr"]) for r in rows if r.get("lr")}
+        assert lr == {0.1}, "every point of the cut runs is before the first lr drop"
+        expected = " | ".join(f"{train[i]:.2f}" for i in (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2200))
+        assert f"| {name} train | {expected} |" in docs
+        expected = " | ".join(f"{val[i]:.2f}" for i in (500, 1000, 1500, 2000, 2200))
+        assert f"| {name} val | | " + expected.replace(" | ", " | | ", 3) + " |" in docs
