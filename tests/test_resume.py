@@ -235,8 +235,34 @@ def test_a_0_1_0_checkpoint_resumes_bit_identically(repo_root: Path, cifar_root:
     resumed = _fit(repo_root, cifar_root, run, "--ckpt_path", str(old))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "dataloader is not resumable" not in resumed.stderr
-    _assert_same_training(reference_run, run)
-    assert _losses(run) == _losses(reference_run)[2:]  # steps 2..7, on the same batches and crops
-    # Epoch 0's training error covers all its batches: the old checkpoint carried its first two.
-    assert _epoch_rows(run, "train/error") == _epoch_rows(reference_run, "train/error")
-    assert _epoch_rows(run, "val/error") == _epoch_rows(reference_run, "val/error")
+    if _computes_like_the_fixture(repo_root, cifar_root, tmp_path / "two", old):
+        _assert_same_training(reference_run, run)
+        assert _losses(run) == _losses(reference_run)[2:]  # steps 2..7, on the same batches and crops
+        # Epoch 0's training error covers all its batches: the old checkpoint carried its first two.
+        assert _epoch_rows(run, "train/error") == _epoch_rows(reference_run, "train/error")
+        assert _epoch_rows(run, "val/error") == _epoch_rows(reference_run, "val/error")
+        return
+    # Another instruction set rounds the fixture's first two steps differently, and eight steps of
+    # SGD at lr 0.1 on a quarter-width net amplify that past any tolerance on the weights. What does
+    # not depend on rounding must still hold: the same steps, epochs and schedule, and the first
+    # resumed step's loss (the fixture's weights on the batch and crops an uninterrupted run would
+    # use next; a wrong position in the epoch gives another batch) equal to rounding.
+    a = torch.load(reference_run / "checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == STEPS and a["lr_schedulers"] == b["lr_schedulers"]
+    assert a["loops"]["fit_loop"]["epoch_progress"] == b["loops"]["fit_loop"]["epoch_progress"]
+    ours, reference = _losses(run), _losses(reference_run)[2:]
+    assert [(e, s) for e, s, _ in ours] == [(e, s) for e, s, _ in reference]
+    assert abs(float(ours[0][2]) - float(reference[0][2])) <= 1e-3 * float(reference[0][2]), (ours[0], reference[0])
+    for key in ("train/error", "val/error"):
+        assert [e for e, _ in _epoch_rows(run, key)] == [e for e, _ in _epoch_rows(reference_run, key)]
+
+
+def _computes_like_the_fixture(repo_root: Path, cifar_root: Path, run: Path, fixture: Path) -> bool:
+    """Whether this CPU computes the fixture's first two steps bit for bit (it was written on an
+    AVX512 machine; a CPU with other vector instructions rounds convolutions differently)."""
+    two = _fit(repo_root, cifar_root, run, steps=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(fixture, weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
