@@ -203,19 +203,18 @@ EOF
     PROJ_RO=$($PY benchmarks/_gpu_summary.py fit "$WORK/reduce_overhead" "$WORK/reduce_overhead-clock.json" \
       "$FIT_WALL" 128 "$OUT/cifar_reduce_overhead.json" | tail -1)
     PROJ=${PROJ:-$PROJ_RO}
+    ro_variant() {  # NAME KEY ARGS...: the reduce-overhead fit with ARGS, nested under KEY in its summary
+      local name=$1 key=$2; shift 2
+      fit_cifar "$name" $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}' "$@"
+      $PY benchmarks/_gpu_summary.py fit "$WORK/$name" "$WORK/$name-clock.json" "$FIT_WALL" 128 \
+        "$WORK/$name.json" > /dev/null
+      $PY benchmarks/_gpu_summary.py nest "$OUT/cifar_reduce_overhead.json" "$key" "$WORK/$name.json"
+    }
     say "cifar_ro: the same with --model.compile_eval false (validation eagerly, no CUDA graphs for it)"
-    fit_cifar ro_eager_eval $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}' \
-      --model.compile_eval false
-    $PY benchmarks/_gpu_summary.py fit "$WORK/ro_eager_eval" "$WORK/ro_eager_eval-clock.json" "$FIT_WALL" 128 \
-      "$WORK/ro_eager_eval.json" > /dev/null
-    $PY benchmarks/_gpu_summary.py nest "$OUT/cifar_reduce_overhead.json" eager_eval "$WORK/ro_eager_eval.json"
+    ro_variant ro_eager_eval eager_eval --model.compile_eval false
     if [[ ${RO_UNPADDED:-1} == 1 ]]; then
       say "cifar_ro: the same with --data.pad_eval_batches false (the short last validation batch kept)"
-      fit_cifar ro_unpadded $(( CIFAR_STEPS < 1000 ? CIFAR_STEPS : 1000 )) --model.compile '{"mode": "reduce-overhead"}' \
-        --data.pad_eval_batches false
-      $PY benchmarks/_gpu_summary.py fit "$WORK/ro_unpadded" "$WORK/ro_unpadded-clock.json" "$FIT_WALL" 128 \
-        "$WORK/ro_unpadded.json" > /dev/null
-      $PY benchmarks/_gpu_summary.py nest "$OUT/cifar_reduce_overhead.json" unpadded_eval "$WORK/ro_unpadded.json"
+      ro_variant ro_unpadded unpadded_eval --data.pad_eval_batches false
     fi
     cat "$OUT/cifar_reduce_overhead.json"
     ;;
