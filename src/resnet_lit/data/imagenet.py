@@ -35,7 +35,9 @@ from .folder import (
     scan_files,
     scan_image_folder,
 )
+from .jpeg_batch import DECODE_CHOICES, EncodedJpeg, JpegBatch, collate_encoded, decode_batch
 from .mixing import check_alphas
+from .padding import pad_eval_batch
 from .policies import AutoAugmentName, PolicyAfter, augment_policy, mean_fill
 from .resolution import AtSize, ProgressiveResize, SizedShardSampler
 from .sharding import RepeatEpoch, ResumableLoader, epoch_length
@@ -88,6 +90,7 @@ class ImageNetDataModule(ImageDataModule):
         cutmix_alpha: float = 0.0,
         repeated_augmentation: int = 1,
         repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
+        decode: Literal["pil", "cpu", "gpu"] = "pil",
     ) -> None:
         """ImageNet, or any folder of images sorted into one sub-folder per class.
 
@@ -155,6 +158,14 @@ class ImageNetDataModule(ImageDataModule):
             repeated_augmentation_epoch: "all_repeats": each image exactly k times an epoch (k times
                 the steps); "dataset_size": the epoch keeps the data set's length, as DeiT, timm and
                 torchvision count epochs (their recipes' epoch counts assume it).
+            decode: where training, validation and test images are decoded. "pil": in the DataLoader
+                workers, image by image (PIL / libjpeg-turbo, with reduced-size JPEG decoding for
+                large images). "gpu": the workers only read the files; each batch is decoded on the
+                training GPU with nvJPEG (``torchvision.io.decode_jpeg``), then cropped, resized and
+                flipped there (same views, same random draws, same batch shape: ``jpeg_batch``).
+                "cpu": the same code decoding on the CPU in the training process (a reference
+                for tests and CPU runs; it does not spread over workers). Predict always decodes
+                in the workers.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -174,6 +185,8 @@ class ImageNetDataModule(ImageDataModule):
         augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
         epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
         check_alphas(mixup_alpha, cutmix_alpha)
+        if decode not in DECODE_CHOICES:
+            raise ValueError(f"decode {decode!r}: use one of {', '.join(DECODE_CHOICES)}")
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalization == "mean_std" else None
         self._classes: list[str] | None = list(classes) if classes is not None else None
@@ -265,12 +278,14 @@ class ImageNetDataModule(ImageDataModule):
         resize, crop = hp.test_resize or round(hp.test_size * 256 / 224), hp.test_size
         test_tf = {"center": CenterCrop(resize, crop), "flip": CenterFlip(resize, crop),
                    "ten_crop": TenCrop(resize, crop), "multi_scale": MultiScale()}[hp.test_mode]
+        # decode: cpu | gpu: the workers read bytes, the views are taken after the transfer (jpeg_batch)
+        wrap = (lambda view: view) if hp.decode == "pil" else EncodedJpeg
         if stage in ("fit", None):
-            self.train_set = ImageFiles(self._scanned("train"), self._train_transform(), hp.on_bad_image)
+            self.train_set = ImageFiles(self._scanned("train"), wrap(self._train_transform()), hp.on_bad_image)
         if stage in ("fit", "validate", None):
-            self.val_set = ImageFiles(self._scanned("val"), CenterCrop(resize, crop), hp.on_bad_image)
+            self.val_set = ImageFiles(self._scanned("val"), wrap(CenterCrop(resize, crop)), hp.on_bad_image)
         if stage in ("test", None):
-            self.test_set = ImageFiles(self._scanned("test"), test_tf, hp.on_bad_image)
+            self.test_set = ImageFiles(self._scanned("test"), wrap(test_tf), hp.on_bad_image)
         if stage in ("predict", None) and hp.predict_path is not None:
             view = CenterCrop(resize, crop)
             self.predict_set = ImageFiles(list_predict_files(hp.predict_path), view, hp.on_bad_image)
@@ -283,6 +298,12 @@ class ImageNetDataModule(ImageDataModule):
         sampler = self._shard(len(ds), train=train)
         return (ResumableLoader if train else DataLoader)(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
                                                           **self._worker_args(self.pin_memory))
+
+    def _worker_args(self, pin_memory: bool) -> dict:
+        args = super()._worker_args(pin_memory)
+        if self.hparams.decode != "pil":  # batches of encoded bytes (jpeg_batch.JpegBatch)
+            args["collate_fn"] = collate_encoded
+        return args
 
     def train_dataloader(self) -> DataLoader:
         if self.progressive is None:
@@ -308,6 +329,16 @@ class ImageNetDataModule(ImageDataModule):
     # ------------------------------------------------------------------ on the device
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.mean, self.std
+
+    def _device_batch(self, batch, train: bool):
+        x, target = batch
+        if isinstance(x, JpegBatch):  # decode: cpu | gpu (jpeg_batch): decode and take the views here
+            x, target, skipped = decode_batch(x, target, decode=self.hparams.decode,
+                                              on_bad_image=self.hparams.on_bad_image, evaluating=not train)
+            self.num_skipped += skipped  # logged with the next batch's count (_count_skipped)
+            if self.trainer is not None and not self.trainer.training and self.pad_eval_batches:
+                x, target = pad_eval_batch((x, target), self.eval_batch_size)
+        return super()._device_batch((x, target), train)
 
     def transform_batch(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 [..., 3, H, W] on any device -> float32: PCA colour noise (``train``), then normalisation."""

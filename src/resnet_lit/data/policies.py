@@ -77,3 +77,7 @@ class PolicyAfter:
 
     def __call__(self, data, name: str = "<bytes>") -> torch.Tensor:
         return self.policy(self.crop(data, name))
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The crop's ``views`` of an image already decoded to a tensor (``decode: cpu | gpu``), then the policy."""
+        return self.policy(self.crop.views(x))

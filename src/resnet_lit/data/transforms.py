@@ -142,6 +142,20 @@ def open_lazy(data: bytes, name: str) -> Image.Image:
         raise BadImageError(bad_image_message(name, f"{type(exc).__name__}: {exc}")) from exc
 
 
+def crop_tensor(x: torch.Tensor, box: tuple[float, float, float, float], size: tuple[int, int]) -> torch.Tensor:
+    """The region ``box`` (left, top, right, bottom; rounded to whole pixels) of a decoded image
+    [3, H, W] on any device, resized (antialiased) to ``size`` (w, h) -> [3, h, w], same dtype.
+
+    The tensor half of ``resize_region``, and what ``decode: cpu | gpu`` applies to each image the
+    batch decoder returns (``jpeg_batch``): the same pixels on the CPU.
+    """
+    left, top, right, bottom = box
+    h, w = x.shape[-2:]
+    t, lf = min(max(0, round(top)), h - 1), min(max(0, round(left)), w - 1)
+    b, r = max(t + 1, min(h, round(bottom))), max(lf + 1, min(w, round(right)))
+    return TF.resize(x[:, t:b, lf:r], [size[1], size[0]], antialias=True)
+
+
 def resize_region(
     img: Image.Image, name: str, box: tuple[float, float, float, float], size: tuple[int, int],
     data: bytes | None = None
@@ -156,11 +170,7 @@ def resize_region(
     left, top, right, bottom = box
     scale = min(size[0] / max(right - left, 1e-6), size[1] / max(bottom - top, 1e-6))
     if data is not None and scale >= 0.5 and img.format == "JPEG" and torchvision_jpeg_available():
-        x = decode_rgb(data, name)  # [3, H, W] uint8; BadImageError names the file
-        h, w = x.shape[-2:]
-        t, lf = min(max(0, round(top)), h - 1), min(max(0, round(left)), w - 1)
-        b, r = max(t + 1, min(h, round(bottom))), max(lf + 1, min(w, round(right)))
-        return TF.resize(x[:, t:b, lf:r], [size[1], size[0]], antialias=True)
+        return crop_tensor(decode_rgb(data, name), box, size)  # BadImageError names the file
     try:
         img, kx, ky = _draft(img, scale)
         if img.mode != "RGB":
@@ -207,18 +217,26 @@ class PaperTrainTransform:
         self.size, self.scale_range, self.flip = size, scale_range, flip
         self.reference_size = reference_size
 
-    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+    def sample(self, w: int, h: int) -> tuple[tuple[float, float, float, float], bool]:
+        """The crop box in a ``w`` x ``h`` image and whether to mirror it (Python's ``random``)."""
         s = random.randint(*self.scale_range)
-        view = self.reference_size or self.size
+        side = (self.reference_size or self.size) * min(w, h) / s  # crop side in original pixels
+        left = random.uniform(0, w - side)
+        top = random.uniform(0, h - side)
+        return (left, top, left + side, top + side), self.flip and random.random() < 0.5
 
-        def box(w: int, h: int) -> tuple[float, float, float, float]:
-            side = view * min(w, h) / s  # crop side in original pixels
-            left = random.uniform(0, w - side)
-            top = random.uniform(0, h - side)
-            return left, top, left + side, top + side
+    def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
+        data, name = as_bytes(data, name)
+        img = open_lazy(data, name)  # reads the header only: the size, for the box
+        box, flip = self.sample(*img.size)
+        x = resize_region(img, name, box, (self.size, self.size), data)
+        return x.flip(-1) if flip else x
 
-        x = crop_resize(data, name, box, (self.size, self.size))
-        return x.flip(-1) if self.flip and random.random() < 0.5 else x
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The same view of an image already decoded to [3, H, W] (any device), same random draws."""
+        box, flip = self.sample(x.shape[-1], x.shape[-2])
+        x = crop_tensor(x, box, (self.size, self.size))
+        return x.flip(-1) if flip else x
 
 
 class ModernTrainTransform:
@@ -253,6 +271,11 @@ class ModernTrainTransform:
         x = crop_resize(data, name, self._box, (self.size, self.size))
         return x.flip(-1) if random.random() < 0.5 else x
 
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The same view of an image already decoded to [3, H, W] (any device), same random draws."""
+        x = crop_tensor(x, self._box(x.shape[-1], x.shape[-2]), (self.size, self.size))
+        return x.flip(-1) if random.random() < 0.5 else x
+
 
 def _center_box(resize: int, crop: int):
     def box(w: int, h: int) -> tuple[float, float, float, float]:
@@ -272,6 +295,10 @@ class CenterCrop:
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
         return crop_resize(data, name, _center_box(self.resize, self.crop), (self.crop, self.crop))
 
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The same view of an image already decoded to [3, H, W] (any device)."""
+        return crop_tensor(x, _center_box(self.resize, self.crop)(x.shape[-1], x.shape[-2]), (self.crop, self.crop))
+
 
 class CenterFlip(CenterCrop):
     """Test-time flip averaging: the centre view and its mirror image -> uint8 [2, 3, crop, crop]
@@ -279,6 +306,10 @@ class CenterFlip(CenterCrop):
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
         x = super().__call__(data, name)
+        return torch.stack((x, x.flip(-1)))
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().views(x)
         return torch.stack((x, x.flip(-1)))
 
 
@@ -293,9 +324,19 @@ class TenCrop:
         data, name = as_bytes(data, name)
         img = open_lazy(data, name)
         w, h = img.size
+        return self._crops(resize_region(img, name, (0, 0, w, h), self._size(w, h), data))
+
+    def _size(self, w: int, h: int) -> tuple[int, int]:
         f = self.resize / min(w, h)
-        size = (max(self.crop, round(w * f)), max(self.crop, round(h * f)))
-        full = resize_region(img, name, (0, 0, w, h), size, data)  # [3, H, W], shorter side = resize
+        return max(self.crop, round(w * f)), max(self.crop, round(h * f))
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The same ten views of an image already decoded to [3, H, W] (any device)."""
+        h, w = x.shape[-2:]
+        return self._crops(crop_tensor(x, (0, 0, w, h), self._size(w, h)))
+
+    def _crops(self, full: torch.Tensor) -> torch.Tensor:
+        """[3, H, W] with shorter side ``resize`` -> [10, 3, crop, crop]."""
         c, (hh, ww) = self.crop, full.shape[-2:]
         tops = (0, 0, hh - c, hh - c, (hh - c) // 2)
         lefts = (0, ww - c, 0, ww - c, (ww - c) // 2)
@@ -316,3 +357,7 @@ class MultiScale:
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> list[torch.Tensor]:
         return [crop_resize(data, name, _center_box(s, s), (s, s)) for s in self.sizes]
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The same views of an image already decoded to [3, H, W] (any device)."""
+        return [crop_tensor(x, _center_box(s, s)(x.shape[-1], x.shape[-2]), (s, s)) for s in self.sizes]
