@@ -16,10 +16,15 @@ one DataLoader worker):
                RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize
   (also reported: ours + Normalize on the CPU, and the paper's scale augmentation PaperTrainTransform)
 
+Decode (``--parts decode``, benchmarks/_decode.py): today's PIL worker path, the same without
+JPEG draft decoding, and ``decode: cpu`` (batched decode_jpeg + views), per core, on imagewoof-mini
+as it is and re-encoded at 1024 px; ``decode: gpu`` (nvJPEG) too where CUDA is present.
+
 Runs alternate A B A B; ratios are medians over the repeats.
 
     python benchmarks/data.py --quick
     python benchmarks/data.py --workers 4 --device cuda --out data.json
+    python benchmarks/data.py --parts decode --images 256 --out decode.json
 """
 
 from __future__ import annotations
@@ -197,6 +202,27 @@ def imagenet(args: argparse.Namespace, rep: Report) -> float:
     return ratio
 
 
+def decode_part(args: argparse.Namespace, rep: Report) -> None:
+    import _decode
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker runs with one thread
+    with tarfile.open(args.imagenet_root / "train.tar.gz") as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".JPEG")), key=lambda m: m.name)
+        step = max(1, len(members) // args.images) if args.images else 1  # spread over the classes
+        datas = [tar.extractfile(m).read() for m in members[::step][:args.images]]
+    summary = _decode.run({"woof320": datas, "woof1024": _decode.large_copies(datas)}, args.repeats, args.chunk,
+                          rep, median)
+    torch.set_num_threads(threads)
+    rows = []
+    for key, s in summary.items():
+        if isinstance(s, dict):
+            rows.append({"images": key, **{k: v for k, v in s.items() if k.endswith(("_per_s", "_vs_pil"))},
+                         "draft_mean_abs_diff": s["draft_mean_abs_diff"]})
+    print()
+    print(table(rows, list(rows[0])))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -207,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="per CIFAR measurement (default 4, quick 1.5)")
     p.add_argument("--repeats", type=int, default=None, help="alternating repeats (default 3, quick 2)")
     p.add_argument("--images", type=int, default=None, help="ImageNet images per pass (default all 800, quick 120)")
-    p.add_argument("--parts", default="cifar,imagenet")
+    p.add_argument("--parts", default="cifar,imagenet", help="comma list of cifar, imagenet, decode")
+    p.add_argument("--chunk", type=int, default=32, help="decode part: images per batch decode (and per turn)")
     p.add_argument("--cifar-root", type=Path, default=None)
     p.add_argument("--imagenet-root", type=Path, default=None)
     args = p.parse_args(argv)
@@ -241,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                      "ours_images_per_s": c["ours_images_per_s"],
                      "torchvision_images_per_s": c["torchvision_images_per_s"],
                      "ratio": r, "target": ">= 1.5"})
-    print()
-    print(table(rows, ["pipeline", "ours_images_per_s", "torchvision_images_per_s", "ratio", "target"]))
+    if "decode" in parts:
+        decode_part(args, rep)
+    if rows:
+        print()
+        print(table(rows, ["pipeline", "ours_images_per_s", "torchvision_images_per_s", "ratio", "target"]))
     return 0
 
 
