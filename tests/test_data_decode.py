@@ -70,16 +70,16 @@ def test_decode_cpu_takes_the_pil_paths_crops(imagewoof_root, decode_cache) -> N
 
 
 def test_decode_cpu_statistics_match_pil(imagewoof_root, decode_cache) -> None:
-    """192 training images through each path with independent random draws (different seeds): the
+    """160 training images through each path with independent random draws (different seeds): the
     per-image channel means and standard deviations of the two paths are two samples of one
     distribution if the crop distributions agree. Their paired mean difference must lie within 4
-    standard errors of zero (SE = std of the per-image differences / sqrt(192): 0.003-0.007 on the
+    standard errors of zero (SE = std of the per-image differences / sqrt(160): 0.003-0.007 on the
     0..1 scale here), a 1-in-15,000 false alarm per statistic. This catches a wrong value range,
     channel order, normalisation or resize; a subtler crop-scale error (8-100 % -> 30-100 % of the
-    area moves the stds by about 3 SE) is the exact-crop test's to catch."""
-    pil, cpu = (make_dm(imagewoof_root, decode_cache, batch_size=64, augmentation="modern", decode=d)
+    area moves the stds by 2.4-2.9 SE here) is the exact-crop test's to catch."""
+    pil, cpu = (make_dm(imagewoof_root, decode_cache, batch_size=32, augmentation="modern", decode=d)
                 for d in ("pil", "cpu"))
-    n = 192
+    n = 160
     stats = []
     for dm, seed in ((pil, 11), (cpu, 12)):
         dm.setup("fit")
@@ -257,6 +257,20 @@ def test_fit_with_decode_cpu_runs(tmp_path, val_jpegs) -> None:
     assert [shape for shape, _ in seen["val"]] == [(3, 3, 64, 64)] * 3  # 8 images: 3, 3, 2 + a padded row
     assert seen["val"][-1][1] == [1, 1, PADDED_LABEL]
     assert dm.num_skipped == 1  # the shuffle (seed 0) puts the bad file in the first 8
+
+
+def test_decode_cpu_with_recipe_options(imagewoof_root, decode_cache) -> None:
+    """The progressive size reaches the device-side views (it travels with the batch), and the
+    per-image policies and MixUp run after them."""
+    from resnet_lit.data.resolution import ProgressiveResize
+
+    dm = make_dm(imagewoof_root, decode_cache, batch_size=4, decode="cpu",
+                 progressive_resize=ProgressiveResize(start_size=128, end_size=160, end_epoch=1))
+    assert next(dm.batches("train"))[0].shape == (4, 3, 128, 128)
+    dm = make_dm(imagewoof_root, decode_cache, batch_size=4, decode="cpu", augmentation="modern",
+                 auto_augment="ta_wide", random_erasing=0.5, mixup_alpha=0.2)
+    x, y = next(dm.batches("train"))
+    assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and y.shape == (4, 10)
 
 
 def test_decode_option_errors(imagewoof_root, decode_cache) -> None:

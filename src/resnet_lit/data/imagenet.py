@@ -11,6 +11,10 @@ training and test resolutions apart (FixRes), ``progressive_resize`` changes the
 epochs (``resolution``), ``auto_augment`` / ``random_erasing`` add torchvision's per-image policies in
 the workers (``policies``), ``mixup_alpha`` / ``cutmix_alpha`` mix training batches on the device
 (``mixing``) and ``repeated_augmentation`` repeats images within an epoch (``sharding``).
+
+``decode: cpu | gpu`` moves the decoding out of the workers: they read the JPEG bytes only, and
+``_device_batch`` decodes each batch (nvJPEG on the GPU, or libjpeg-turbo on the CPU) and takes the
+same views there (``jpeg_batch``).
 """
 
 from __future__ import annotations

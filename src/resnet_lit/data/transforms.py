@@ -11,6 +11,8 @@ Two kinds, split by where they run:
   ``CenterFlip``, ``TenCrop``, ``MultiScale``. They crop *before* resizing, decode JPEG with
   libjpeg-turbo straight into a tensor, and for large images let PIL's JPEG decoder drop resolution it will not need
   (``draft``), which is why they beat torchvision's resize-then-crop presets (docs/data.md).
+  Each also has ``views(x)``: the same view(s), same random draws, of an image already decoded to a
+  tensor on any device, which ``decode: cpu | gpu`` applies after decoding whole batches (``jpeg_batch``).
 """
 
 from __future__ import annotations
