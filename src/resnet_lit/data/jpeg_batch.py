@@ -22,6 +22,7 @@ but libjpeg-turbo reads is decoded on the CPU and moved to the device.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -112,9 +113,38 @@ def collate_encoded(samples: list[tuple[tuple[torch.Tensor, str, Any], Any, int]
 def _decode(data: torch.Tensor | list[torch.Tensor], device: torch.device):
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        return _decode_cuda(data, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29's deprecation notice
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+def _decode_cuda(data: torch.Tensor | list[torch.Tensor], device: torch.device):
+    """nvJPEG decoding, kept off the memory the training stream's queued kernels still use.
+
+    torchvision's CUDA decoder allocates its outputs on the current stream but writes them from a
+    private stream that does not wait for it, so a block freed on the training stream, which queued
+    kernels still read, could be overwritten (pytorch/vision PR 9606). Allocating on a side stream of
+    our own, used by nothing else, and marking each output as used by the training stream
+    (``record_stream``, so the allocator reuses its block only after that stream's kernels are done)
+    avoids that without a host synchronisation.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    main, side = torch.cuda.current_stream(device), _side_stream(device)
+    with torch.cuda.stream(side), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    main.wait_stream(side)
+    for image in out if isinstance(out, list) else [out]:
+        image.record_stream(main)
+    return out
 
 
 def _reason(exc: Exception) -> str:
