@@ -39,7 +39,8 @@ def test_checkpoint_holds_both_weight_sets(straight: Path) -> None:
     ckpt = _last(straight)
     ema, live = ckpt["state_dict"], ckpt["current_model_state"]
     assert ema.keys() == live.keys() and int(ckpt["averaging_state"]["n_averaged"]) == 3
-    assert ckpt["hyper_parameters"]["ema"] == {"decay": 0.8, "update_every_n_steps": 2, "update_starting_at_step": 1}
+    assert ckpt["hyper_parameters"]["ema"] == {"decay": 0.8, "update_every_n_steps": 2, "update_starting_at_step": 1,
+                                               "warmup_power": None, "warmup_gamma": 1.0}
     differ = [k for k in ema if ema[k].is_floating_point() and not torch.equal(ema[k], live[k])]
     assert "model.conv1.weight" in differ and "model.layer1.0.bn1.running_mean" in differ  # buffers averaged too
 
@@ -107,3 +108,31 @@ def test_average_follows_live_weights_until_its_first_update() -> None:
     callback.on_save_checkpoint(None, module, checkpoint := {"state_dict": module.state_dict()})
     saved = checkpoint["state_dict"]["model.fc.weight"]
     torch.testing.assert_close(saved, module.model.fc.weight.detach() - 1)  # now the average: before the step
+
+
+def test_decay_warmup_ramps_as_timm_and_forgets_the_initial_weights() -> None:
+    # 50 updates towards weights moved by +1 from the start: without the ramp the average keeps
+    # 0.999 ** 49 of the initial weights; with timm's ramp (power 3/4) the k-th update uses
+    # 1 - (1 + k) ** -0.75, and the initial weights keep only the product of those
+    def averaged_shift(cfg: EMAConfig) -> float:
+        module = ImageClassifier("resnet20", 10, width=0.25)
+        callback = EMAWeights(cfg)
+        callback.setup(None, module, "fit")
+        start = module.model.fc.weight.detach().clone()
+        with torch.no_grad():
+            module.model.fc.weight.add_(1.0)
+        callback._average_model.module.model.fc.weight.data.copy_(start)
+        callback._average_model.n_averaged.fill_(1)  # as if the first update (a copy) had taken `start`
+        for _ in range(49):
+            callback._average_model.update_parameters(module)
+        return float((callback._average_model.module.model.fc.weight - start).mean())
+
+    plain = averaged_shift(EMAConfig(decay=0.999))
+    ramped = averaged_shift(EMAConfig(decay=0.999, warmup_power=0.75))
+    kept = 1.0
+    for k in range(1, 50):
+        kept *= min(0.999, 1 - (1 + k) ** -0.75)
+    assert plain == pytest.approx(1 - 0.999**49, abs=1e-5)
+    assert ramped == pytest.approx(1 - kept, abs=1e-5) and ramped > 0.99
+    with pytest.raises(ValueError, match="warmup_power must be > 0"):
+        EMAConfig(warmup_power=0)

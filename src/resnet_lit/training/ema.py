@@ -18,6 +18,13 @@ no option; the live weights are under ``current_model_state`` and the average's 
 
 The update is one ``torch._foreach_lerp_`` over all floating tensors (``get_ema_multi_avg_fn``) rather
 than the callback's default per-tensor loop: docs/recipes.md measures its cost.
+
+``warmup_power`` ramps the decay up as timm's ``ModelEmaV3`` does: the k-th update uses
+``min(decay, 1 - (1 + k / warmup_gamma) ** -warmup_power)``, so the first updates follow the live
+weights closely and the random initial weights leave the average quickly. Without it a decay of
+0.999 still gives the initial weights 0.999 ** 2000 = 13.5 % of the average after 2,000 updates,
+which is what a short schedule evaluates. The ramp is computed on the device from the average's
+update count (no host synchronisation).
 """
 
 from __future__ import annotations
@@ -43,11 +50,17 @@ class EMAConfig:
             (1 = each).
         update_starting_at_step: first optimiser step (0-based) that updates the average; the
             average is a copy of the weights there (a warm-up that skips the first, noisy steps).
+        warmup_power: ramp the decay up over the first updates (timm's EMA warm-up): the k-th
+            update uses ``min(decay, 1 - (1 + k / warmup_gamma) ** -warmup_power)``; timm suggests
+            3/4 for schedules of tens of thousands of steps, 2/3 for a million; null = no ramp.
+        warmup_gamma: the ramp's time scale in updates (timm's default 1).
     """
 
     decay: float = 0.9998
     update_every_n_steps: int = 1
     update_starting_at_step: int = 0
+    warmup_power: float | None = None
+    warmup_gamma: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.decay <= 1:
@@ -56,6 +69,28 @@ class EMAConfig:
             raise ValueError(f"ema.update_every_n_steps must be >= 1, got {self.update_every_n_steps}")
         if self.update_starting_at_step < 0:
             raise ValueError(f"ema.update_starting_at_step must be >= 0, got {self.update_starting_at_step}")
+        if self.warmup_power is not None and self.warmup_power <= 0:
+            raise ValueError(f"ema.warmup_power must be > 0 (timm: 0.75) or null, got {self.warmup_power}")
+        if self.warmup_gamma <= 0:
+            raise ValueError(f"ema.warmup_gamma must be > 0, got {self.warmup_gamma}")
+
+
+def ramped_ema_multi_avg_fn(decay: float, power: float, gamma: float):
+    """``get_ema_multi_avg_fn`` with timm's decay warm-up, for ``AveragedModel(multi_avg_fn=...)``:
+    it is called with the number of updates made so far (1 on the second update: the first copies)."""
+
+    @torch.no_grad()
+    def update(averages: list[torch.Tensor], live: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        ramp = 1 - (1 + n_averaged.double() / gamma) ** -power
+        d = torch.clamp(ramp, max=decay)
+        if torch.is_floating_point(averages[0]) or torch.is_complex(averages[0]):
+            weight = (1 - d).to(averages[0].dtype)
+            torch._foreach_lerp_(averages, live, [weight] * len(averages))
+        else:  # integer buffers (batch-norm step counts), as get_ema_multi_avg_fn treats them
+            for a, p in zip(averages, live):
+                a.copy_(a * d + p * (1 - d))
+
+    return update
 
 
 class EMAWeights(EMAWeightAveraging):
@@ -64,7 +99,9 @@ class EMAWeights(EMAWeightAveraging):
     ``AveragedModel`` takes one or the other."""
 
     def __init__(self, cfg: EMAConfig) -> None:
-        WeightAveraging.__init__(self, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(cfg.decay))
+        average = (get_ema_multi_avg_fn(cfg.decay) if cfg.warmup_power is None
+                   else ramped_ema_multi_avg_fn(cfg.decay, cfg.warmup_power, cfg.warmup_gamma))
+        WeightAveraging.__init__(self, use_buffers=True, multi_avg_fn=average)
         self.update_every_n_steps = cfg.update_every_n_steps
         self.update_starting_at_step = cfg.update_starting_at_step
         self.update_starting_at_epoch = None
