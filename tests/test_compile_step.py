@@ -88,7 +88,7 @@ def test_compiled_step_trains_as_the_default_path_and_compiles_once(cifar_root: 
     assert counts.lrs == pytest.approx(reference.lrs) and len(set(counts.lrs)) == 3
     assert _max_difference(fast, default) < 1e-5
     assert fast.trainer.callback_metrics["train/error"] == reference_error(default)
-    saved = torch.load(tmp_path / "fast.ckpt", weights_only=True)["optimizer_states"][0]
+    saved = torch.load(tmp_path / "fast.ckpt", weights_only=False)["optimizer_states"][0]  # hparams: the test backend
     assert isinstance(saved["param_groups"][0]["lr"], float)  # saved as the default path saves it
     assert len(saved["state"]) == len(list(fast.model.parameters()))  # momentum buffers
 

@@ -94,7 +94,15 @@ class FusedStep:
         self.grads = [p.grad for p in self.params.values()]
         self.update = inspect.unwrap(type(optimizer).step)  # its code without the graph breaks around it
         optimizer._opt_called = True  # the schedule's check that the optimiser stepped first
-        self.step = torch.compile(self._step, **compile_options)
+        self._compiled = torch.compile(self._step, **compile_options)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step: the loss (detached) and the top-1 / top-k hits of the batch."""
+        first = next(iter(self.params.values()), None)
+        if first is not None and first.grad is not self.grads[0]:  # zeroed to None meanwhile (Lightning does)
+            for p, g in zip(self.params.values(), self.grads):
+                p.grad = g  # the same tensors again: the compiled code's guards on them hold
+        return self._compiled(x, y)
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Any:
         buffers = {k: v.clone() for k, v in self.buffers.items()}  # batch norm updates its copies in place
