@@ -97,6 +97,7 @@ def reference_error(module: ImageClassifier) -> torch.Tensor:
     return module.trainer.callback_metrics["train/error"]
 
 
+@pytest.mark.slow
 def test_compiled_step_resumes_mid_epoch_bit_for_bit(cifar_root: Path, tmp_path: Path) -> None:
     """5 steps at once, saving a checkpoint every 2 steps, against 3 more steps resumed from the one
     at step 2 (inside the first epoch). The compiled function runs its own code (``force_eager``: the
