@@ -102,7 +102,10 @@ class FusedStep:
         if first is not None and first.grad is not self.grads[0]:  # zeroed to None meanwhile (Lightning does)
             for p, g in zip(self.params.values(), self.grads):
                 p.grad = g  # the same tensors again: the compiled code's guards on them hold
-        return self._compiled(x, y)
+        # Outside any autograd graph: the gradients are torch.func's, inside; the compiler then builds an
+        # inference graph, with no activations kept for a backward pass of the step itself.
+        with torch.no_grad():
+            return self._compiled(x, y)
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> Any:
         buffers = {k: v.clone() for k, v in self.buffers.items()}  # batch norm updates its copies in place
