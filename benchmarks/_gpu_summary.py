@@ -68,7 +68,8 @@ def fit(run_dir: Path, clock: Path, wall_s: float, batch: int, out: Path) -> Non
         model, data = cfg.get("model") or {}, (cfg.get("data") or {}).get("init_args") or {}
         res["settings"] = {
             "precision": (cfg.get("trainer") or {}).get("precision"), "compile": model.get("compile"),
-            "compile_eval": model.get("compile_eval"), "channels_last": model.get("channels_last"),
+            "compile_eval": model.get("compile_eval"), "compile_step": model.get("compile_step"),
+            "channels_last": model.get("channels_last"),
             "batch_size": data.get("batch_size"), "eval_batch_size": data.get("eval_batch_size"),
         }
     rows = read_metrics(run_dir)

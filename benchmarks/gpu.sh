@@ -24,14 +24,15 @@
 #   cifar_ro  the short fit again with --model.compile '{mode: reduce-overhead}' (CUDA graphs; the
 #           short last validation batch padded, the default), then once more with --model.compile_eval
 #           false (validation eagerly): key "eager_eval" in its JSON, and (RO_UNPADDED=1, the default)
-#           with --data.pad_eval_batches false: key "unpadded_eval", the epoch end before padding.
+#           with --data.pad_eval_batches false: key "unpadded_eval", the epoch end before padding; and
+#           (RO_COMPILE_STEP=1, the default) with --model.compile_step true: key "compile_step".
 #           Its projection stands in for the cifar step's when that did not run (for `full`).
 #   r20     model.py resnet20 batch 128 / 512: eager, bf16+cl, compiled, compiled reduce-overhead
 #   data    data.py on the GPU: CIFAR pipeline vs torchvision (0 and 4 workers), ImageNet decode per worker
 #
 # Issue 19's plan (the GPU step at the model's own speed), in two calls within 15 minutes of device
 # time (about 12.5 minutes and the machine's start, so a failed first call can be run again):
-#   1. OUT=... BUDGET_S=240 STEPS="env cifar_ro" timeout -k 10 270 bash benchmarks/gpu.sh
+#   1. OUT=... BUDGET_S=300 STEPS="env cifar_ro" timeout -k 10 330 bash benchmarks/gpu.sh
 #      the `resnet-lit fit` step and the epoch-end cost under CUDA graphs with padded evaluation
 #      batches, with eager validation, and unpadded (cifar_reduce_overhead.json): the ledger's before
 #      and after. The model-only step (`r20`, 1.97 ms on an H200) is in docs/benchmarks.md already;
@@ -39,7 +40,8 @@
 #   2. OUT=... WORK=/tmp/full19 BUDGET_S=480 STEPS="env full" FULL=1 timeout -k 10 510 bash benchmarks/gpu.sh
 #      the paper's 64k ResNet-20 schedule through `resnet-lit fit` (wall time, test error); if it
 #      stops at its budget, a later call with the same WORK and FULL_RESUME=1 finishes it.
-#   (The "fast path", the whole training step as one compiled region, is not built yet: no step here.)
+#   The fast path (--model.compile_step true: the whole training step as one compiled function, one
+#   CUDA graph) runs in step 1 as the cifar_ro variant "compile_step" (RO_COMPILE_STEP=0 skips it).
 # Everything lands in $OUT as it is produced (8 files at most):
 #   gpu.log model_resnet50.json cifar_short.json model_resnet20.json cifar_reduce_overhead.json
 #   data.json cifar_full.json cifar_full_metrics.csv, and summary.md when fewer than 8 exist
@@ -212,6 +214,10 @@ EOF
     }
     say "cifar_ro: the same with --model.compile_eval false (validation eagerly, no CUDA graphs for it)"
     ro_variant ro_eager_eval eager_eval --model.compile_eval false
+    if [[ ${RO_COMPILE_STEP:-1} == 1 ]]; then
+      say "cifar_ro: the same with --model.compile_step true (the whole training step as one compiled function)"
+      ro_variant ro_compile_step compile_step --model.compile_step true
+    fi
     if [[ ${RO_UNPADDED:-1} == 1 ]]; then
       say "cifar_ro: the same with --data.pad_eval_batches false (the short last validation batch kept)"
       ro_variant ro_unpadded unpadded_eval --data.pad_eval_batches false

@@ -21,6 +21,8 @@ PRIVATE_NAMES = (
     "Trainer._logger_connector.should_update_logs",
     # runs.callbacks.LearningRate logs at the step Lightning's own loggers use
     "Trainer.fit_loop.epoch_loop._batches_that_stepped",
+    # ImageClassifier's compile_step counts its optimiser steps (manual optimisation) as LightningOptimizer.step does
+    "Trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress",
     # ImageClassifier.on_save_checkpoint: in the validation after an epoch's last batch?
     "Trainer.fit_loop.epoch_loop.batch_progress.is_last_batch",
     "Trainer.fit_loop.epoch_loop.batch_progress.current.ready",
@@ -51,6 +53,14 @@ def should_update_logs(trainer: Any) -> bool:
     """Whether the logger writes this step (``log_every_n_steps``); True when that cannot be told."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def count_optimizer_step(trainer: Any) -> None:
+    """Count an optimiser step made outside ``LightningOptimizer.step`` (manual optimisation): what its
+    ``_on_before_step`` / ``_on_after_step`` do, so ``global_step`` and everything keyed on it follow."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    progress.increment_ready()
+    progress.increment_completed()
 
 
 def epoch_batches_done_and_validating(trainer: Any) -> bool:

@@ -44,6 +44,9 @@ class ImageDataModule(L.LightningDataModule):
         self._skipped_logged = 0
         self._mixing: Mixing | None = None
         self._mixing_built = False
+        # True while a model augments training batches inside its own compiled step (ImageClassifier's
+        # compile_step): the hook then hands training batches over as the loader made them
+        self.defer_train_batch = False
 
     # ------------------------------------------------------------------ settings
     @property
@@ -147,8 +150,25 @@ class ImageDataModule(L.LightningDataModule):
             return batch
         if isinstance(x, (list, tuple)):  # multi-scale test views
             return [self.transform_batch(v, train=False) for v in x], target
-        x = self.transform_batch(x, train)
-        if train and self.mixing is not None:  # float targets [B, num_classes], rows summing to one
+        if train:
+            return batch if self.defer_train_batch else self.train_batch(x, target)
+        return self.transform_batch(x, train), target
+
+    def defer_train_batches(self, device: torch.device) -> Any:
+        """From now on, hand training batches over as the loader made them; returns ``train_batch``,
+        which a model's compiled step then calls itself. What it reads (the statistics on ``device``,
+        the mixing) is built now, outside the compiled code, so that none of it changes later."""
+        self.statistics_on(device)
+        _ = self.mixing
+        self.defer_train_batch = True
+        return self.train_batch
+
+    def train_batch(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 training batch on the device -> augmented and normalised, then MixUp / CutMix if on."""
+        if x.dtype != torch.uint8:  # already processed (a user's own float loader)
+            return x, target
+        x = self.transform_batch(x, train=True)
+        if self.mixing is not None:  # float targets [B, num_classes], rows summing to one
             x, target = self.mixing(x, target)
         return x, target
 

@@ -27,7 +27,7 @@ from .cifar_io import class_names, ensure_downloaded, load_cifar
 from .mixing import check_alphas
 from .policies import AutoAugmentName, augment_policy, mean_fill
 from .sharding import RepeatEpoch, ResumableLoader, epoch_length
-from .transforms import crop_and_flip, normalize, normalize_padded
+from .transforms import cifar_augment, crop_and_flip, normalize, normalize_padded
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,8 @@ class CIFARDataModule(ImageDataModule):
             return normalize(x, mean)
         if self._device_policy is not None:  # policy_groups: one draw per group of images, on the device
             x = torch.cat([self._device_policy(group) for group in x.chunk(self.hparams.policy_groups)])
+        if torch.compiler.is_compiling():  # inside a compiled step: no buffer kept between calls
+            return cifar_augment(normalize(x, mean), self.hparams.pad)
         # The same values as cifar_augment(normalize(x, mean)), with the padded batch's buffer
         # kept from one step to the next (its zero border is never written).
         self._padded = normalize_padded(x, mean, self.hparams.pad, out=self._padded)

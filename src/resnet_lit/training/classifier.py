@@ -9,6 +9,7 @@ so state-dict keys are the same with ``compile`` on or off.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -20,12 +21,13 @@ from torch import nn
 from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
 from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
-from resnet_lit.lightning_private import should_update_logs
+from resnet_lit.lightning_private import count_optimizer_step, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
 from resnet_lit.training.ema import EMAConfig, EMAWeights
 from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
 from resnet_lit.training.finetune import Freeze, apply_freeze
+from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float, lr_as_tensor
 from resnet_lit.training.losses import LossKind, build_loss
 from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
 from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training
@@ -68,6 +70,11 @@ class ImageClassifier(pl.LightningModule):
         channels_last: keep weights and inputs in NHWC (faster convolutions on tensor cores).
         compile_eval: with ``compile``, also run validation, test and predict through the compiled
             backbone (the default); ``False`` evaluates eagerly (training/compiling.py).
+        compile_step: with ``compile``, compile the whole training step as one function (augmentation,
+            forward, loss, backward, optimiser update; same ``compile`` options) under manual
+            optimisation: one graph per step, one CUDA graph with ``mode: reduce-overhead``. Refuses
+            gradient accumulation, clipping, the plateau schedule and several processes
+            (training/fused_step.py). ``False`` (the default): the backbone alone is compiled.
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class ImageClassifier(pl.LightningModule):
         compile: bool | dict[str, Any] = False,
         channels_last: bool = False,
         compile_eval: bool = True,
+        compile_step: bool = False,
     ) -> None:
         super().__init__()
         # Checkpoints hold plain dicts (weights_only loading), the module works with dataclasses.
@@ -114,6 +122,10 @@ class ImageClassifier(pl.LightningModule):
         self.train_accuracy = TrainAccuracy(self._top5)  # counted on the hot path, not by torchmetrics
         self._nonfinite = NonFiniteWatch()  # a loss that is not finite stops the run (training/nonfinite.py)
         self._compiled = False
+        if compile_step and compile is False:
+            raise ValueError("model.compile_step needs model.compile: true, or its options ({mode: reduce-overhead})")
+        self.automatic_optimization = not compile_step  # the compiled step makes the update itself
+        self._fused: FusedStep | None = None
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -161,6 +173,8 @@ class ImageClassifier(pl.LightningModule):
 
     # -------------------------------------------------------------------------------- training
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.hparams.compile_step:
+            return self._compiled_training_step(batch)
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
@@ -175,6 +189,54 @@ class ImageClassifier(pl.LightningModule):
             if rates is not None:
                 self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
         return loss
+
+    def _compiled_training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``compile_step``: one compiled call updates the weights (training/fused_step.py); Lightning
+        counts the step, the schedule moves on; the host waits for the device only on logging steps."""
+        x, y = batch
+        trainer = self.trainer
+        if should_update_logs(trainer):  # before this step's update, as on the default path
+            self._nonfinite.stop_if_bad(trainer)
+        loss, hits = self._fused.step(x, y)
+        self.train_accuracy.add(hits, y.shape[0])
+        self._nonfinite.update(loss, trainer.global_step, self._lr_of_step())
+        count_optimizer_step(trainer)
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.step()
+        if should_update_logs(trainer):
+            self.log("train/loss", loss, prog_bar=True)
+            rates = self.train_accuracy.compute(self._sum_over_ranks, self.device, reset=False)
+            if rates is not None:
+                self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
+        return loss
+
+    def on_train_start(self) -> None:
+        if self.hparams.compile_step:  # here, not in setup: a resume has restored the optimiser's state by now
+            self._fused = self._build_fused_step()
+
+    def on_train_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.hparams.compile_step and datamodule is not None:
+            datamodule.defer_train_batch = False
+
+    def _build_fused_step(self) -> FusedStep:
+        optimizer = self.trainer.optimizers[0]
+        lr_as_tensor(optimizer, self.device)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        defer = getattr(datamodule, "defer_train_batches", None)  # ImageDataModule's: augmented in the step
+        prepare = defer(self.device) if defer is not None else None
+        options = {} if self.hparams.compile is True else dict(self.hparams.compile)
+        return FusedStep(self.model, self.criterion, optimizer, prepare, self._top5, self.hparams.channels_last,
+                         options)
+
+    def _lr_of_step(self) -> float:
+        """The first group's lr as a float, from the schedule (no device read)."""
+        configs = self.trainer.lr_scheduler_configs
+        scheduler = configs[0].scheduler if configs else None
+        lambdas, base = getattr(scheduler, "lr_lambdas", None), getattr(scheduler, "base_lrs", None)
+        if lambdas and base:
+            return float(base[0]) * lambdas[0](scheduler.last_epoch)
+        return math.nan
 
     def on_train_epoch_start(self) -> None:
         # (Lightning skips this hook when it resumes a run mid-epoch: on_load_checkpoint's counts stay.)
@@ -224,11 +286,15 @@ class ImageClassifier(pl.LightningModule):
         # the EMA of the weights (training/ema.py), for fit only: a checkpoint's state_dict already
         # holds the averaged weights that validate / test / predict read
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and self.hparams.compile_step:  # before Lightning's own checks of manual optimisation
+            check_fit(self.trainer, self.schedule_cfg.kind)
         return [EMAWeights(self.ema_cfg)] if self.ema_cfg is not None and fitting else []
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         refuse_nonfinite_checkpoint(checkpoint, self._trainer)
+        for state in checkpoint.get("optimizer_states", []):  # compile_step's tensor lr: saved as a float
+            lr_as_float(state)
         counts = self.train_accuracy.for_checkpoint(self._trainer, self.current_epoch)  # mid-epoch only
         add_model_record(checkpoint, self.model.arch_spec, self.hparams.class_names, counts)
         if self._trainer is not None:

@@ -23,6 +23,15 @@ import torch
 from resnet_lit.lightning_private import epoch_batches_done_and_validating
 
 
+def hit_counts(logits: torch.Tensor, y: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[top-1 hits, top-``top_k`` hits] of a batch, int64 on the device of ``logits``; ``y``: class
+    indices [B] or class probabilities [B, C] (counted against their argmax)."""
+    if y.ndim == 2:
+        y = y.argmax(1)
+    hits = logits.topk(top_k, dim=1).indices == y.unsqueeze(1)  # [B, k], best first
+    return torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
+
+
 class TrainAccuracy:
     """Running top-1 / top-``top_k`` hits and images seen, on this rank, since the epoch started."""
 
@@ -33,16 +42,16 @@ class TrainAccuracy:
 
     def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         """``y``: class indices [B], or class probabilities [B, C] (counted against their argmax)."""
-        if y.ndim == 2:
-            y = y.argmax(1)
-        hits = logits.topk(self.top_k, dim=1).indices == y.unsqueeze(1)  # [B, k], best first
-        counts = torch.stack((hits[:, 0].sum(), hits.any(dim=1).sum()))
+        self.add(hit_counts(logits, y, self.top_k), y.shape[0])
+
+    def add(self, counts: torch.Tensor, images: int) -> None:
+        """Add ``hit_counts`` of a batch of ``images`` images (the compiled step counts them on the device)."""
         if self.hits is None:
             self.hits = torch.zeros(2, dtype=torch.long, device=counts.device)
         elif self.hits.device != counts.device:  # counts restored from a checkpoint on the CPU
             self.hits = self.hits.to(counts.device)
         self.hits += counts
-        self.seen += y.shape[0]
+        self.seen += images
 
     def reset(self) -> None:
         self.hits, self.seen = None, 0
