@@ -324,12 +324,20 @@ class ImageNetDataModule(ImageDataModule):
             return self._shards().dataset(self._split_name(split), transform, self.hparams.on_bad_image)
         return ImageFiles(self._scanned(split), transform, self.hparams.on_bad_image)
 
+    def _shard_sampler(self, train: bool) -> dict:
+        """Shards' training order carries a seed per image, so a resumed run draws the same crops (data/shards.py)."""
+        if not train or self.hparams.get("shards") is None:
+            return {}
+        from .shards import SeededShardSampler
+
+        return {"sampler": SeededShardSampler}
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
         # Training: a ResumableLoader (data/sharding.py), which resumes mid-epoch at the right batch
         # and starts its workers only after Lightning has set the epoch (a plain DataLoader's workers
         # would read the previous epoch's order ahead).
-        sampler = self._shard(len(ds), train=train)
+        sampler = self._shard(len(ds), train=train, **self._shard_sampler(train))
         return (ResumableLoader if train else DataLoader)(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
                                                           **self._worker_args(self.pin_memory))
 
