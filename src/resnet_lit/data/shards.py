@@ -226,7 +226,3 @@ def read_all(location: str, split: str) -> list[tuple[bytes, int, str]]:
     ds = ShardImages(location, split, lambda data, name: data)
     return [ds.sample(i) for i in range(len(ds))]
 
-
-def tensor_labels(ds: ShardImages) -> torch.Tensor:
-    """The labels of a split in sample order (reads each sample once)."""
-    return torch.tensor([ds.sample(i)[1] for i in range(len(ds))])
