@@ -19,6 +19,17 @@ one DataLoader worker):
 Decode (``--parts decode``, benchmarks/_decode.py): today's PIL worker path, the same without
 JPEG draft decoding, and ``decode: cpu`` (batched decode_jpeg + views), per core, on imagewoof-mini
 as it is and re-encoded at 1024 px; ``decode: gpu`` (nvJPEG) too where CUDA is present.
+Shards (--parts shards; needs pip install 'resnet-lit[shards]'): imagewoof-mini's training images
+converted by `resnet-lit shards` (original bytes) and by `--max_side 512`, read in a shuffled order,
+one process and one thread (= one worker), all with ModernTrainTransform(224) (what ImageNetDataModule
+runs in a worker):
+  folder       ImageFiles over the extracted tree (open + read each file): today's path
+  shards       ShardImages (LitData chunks, read by index)
+  shards_512   the same over the --max_side 512 conversion
+  torchvision  torchvision's ImageFolder preset (PIL loader, RandomResizedCrop, flip, ToTensor, Normalize)
+Listing (--parts listing): seconds to list a synthetic ImageFolder tree of --listing-files empty files
+in 1000 class folders (scan_image_folder, what every rank does at start-up), and to open a shards
+location (read resnet_lit_shards.json and index.json, nothing per image).
 
 Runs alternate A B A B; ratios are medians over the repeats.
 
@@ -223,6 +234,97 @@ def decode_part(args: argparse.Namespace, rep: Report) -> None:
     print(table(rows, list(rows[0])))
 
 
+# ------------------------------------------------------------------------------------ shards
+def shards(args: argparse.Namespace, rep: Report) -> dict[str, float]:
+    from resnet_lit.commands.shards import main as convert
+    from resnet_lit.data.folder import ImageFiles, scan_image_folder
+    from resnet_lit.data.shards import ShardSource
+    from resnet_lit.data.transforms import ModernTrainTransform
+
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="imagewoof-shards-") as tmp:
+        tree = Path(tmp) / "tree"
+        extract_images(args.imagenet_root / "train.tar.gz", tree / "train", None)
+        split = tree / "train" / "train" if (tree / "train" / "train").is_dir() else tree / "train"
+        _, samples = scan_image_folder(split)
+        started = time.perf_counter()
+        for out, extra in (("full", []), ("max512", ["--max_side", "512"])):
+            assert convert([str(split.parent), str(Path(tmp) / out), "--splits", split.name, "--workers",
+                            str(args.convert_workers), *extra]) == 0
+        rep["shards_convert_s"] = time.perf_counter() - started
+        torch.set_num_threads(1)  # a DataLoader worker runs with one thread
+        tf = ModernTrainTransform(224)
+        sets = {"folder": ImageFiles(samples, tf),
+                "shards": ShardSource(str(Path(tmp) / "full")).dataset(split.name, tf),
+                "shards_512": ShardSource(str(Path(tmp) / "max512")).dataset(split.name, tf)}
+        tv = imagenet_pipelines()["torchvision"]
+        pipes: dict[str, Callable[[int], torch.Tensor]] = {k: (lambda i, d=d: d[i][0]) for k, d in sets.items()}
+        pipes["torchvision"] = lambda i: tv(Path(samples[i][0]))
+        n = min(len(samples), args.images or len(samples))
+        for i in range(4):  # warm-up: imports, chunk maps, page cache
+            for fn in pipes.values():
+                fn(i)
+        rows = []
+        for r in range(args.repeats):
+            order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(r))[:n].tolist()
+            spent = dict.fromkeys(pipes, 0.0)
+            names = list(pipes)
+            for k, i in enumerate(order):  # interleaved image by image, as in imagenet()
+                random.Random(k + 1000 * r).shuffle(names)
+                for name in names:
+                    t0 = time.perf_counter()
+                    x = pipes[name](i)
+                    spent[name] += time.perf_counter() - t0
+                    assert x.shape[-2:] == (224, 224), name
+            row: dict[str, Any] = {"part": "shards", "repeat": r}
+            row.update({f"{k}_images_per_s": n / v for k, v in spent.items()})
+            row["shards_ratio"] = row["shards_images_per_s"] / row["folder_images_per_s"]
+            row["shards_512_ratio"] = row["shards_512_images_per_s"] / row["folder_images_per_s"]
+            rows.append(row)
+            rep.append("shards_runs", row)
+            print(f"shards repeat {r}: " + ", ".join(f"{k} {n / v:,.0f} img/s" for k, v in spent.items()), flush=True)
+    torch.set_num_threads(threads)
+    summary = {k: median(r[k] for r in rows) for k in rows[0] if k.endswith(("_images_per_s", "_ratio"))}
+    summary.update({"images": n, "per": "one process, one thread (one DataLoader worker)",
+                    "augmentation": "ModernTrainTransform(224) (torchvision: its RandomResizedCrop preset)"})
+    rep["shards"] = summary
+    return summary
+
+
+def listing(args: argparse.Namespace, rep: Report) -> dict[str, float]:
+    from resnet_lit.commands.shards import main as convert
+    from resnet_lit.data.folder import scan_image_folder
+    from resnet_lit.data.shards import ShardSource
+
+    with tempfile.TemporaryDirectory(prefix="listing-") as tmp:
+        split, per = Path(tmp) / "tree" / "train", -(-args.listing_files // 1000)
+        started = time.perf_counter()
+        for c in range(1000):
+            d = split / f"n{c:08d}"
+            d.mkdir(parents=True)
+            for i in range(per):
+                (d / f"n{c:08d}_{i}.JPEG").touch()
+        made = time.perf_counter() - started
+        started = time.perf_counter()
+        _, samples = scan_image_folder(split)
+        listed = time.perf_counter() - started
+        tiny = Path(tmp) / "tiny" / "train" / "a"  # a real one-image shards location, to time opening one
+        tiny.mkdir(parents=True)
+        extract = Path(tmp) / "one"
+        jpeg = extract_images(args.imagenet_root / "val.tar.gz", extract, 1)[0]
+        (tiny / "0.JPEG").write_bytes(jpeg.read_bytes())
+        assert convert([str(tiny.parent.parent), str(Path(tmp) / "shards"), "--splits", "train", "--workers", "1"]) == 0
+        started = time.perf_counter()
+        ds = ShardSource(str(Path(tmp) / "shards")).dataset("train", lambda data, name: data)
+        ds.sample(0)
+        opened = time.perf_counter() - started
+    out = {"listing_files": len(samples), "listing_create_s": made, "listing_scan_s": listed, "shards_open_s": opened}
+    rep["listing"] = out
+    print(f"listing: {len(samples):,} files listed in {listed:.1f} s (created in {made:.0f} s); "
+          f"a shards location opened in {opened:.2f} s", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -233,10 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="per CIFAR measurement (default 4, quick 1.5)")
     p.add_argument("--repeats", type=int, default=None, help="alternating repeats (default 3, quick 2)")
     p.add_argument("--images", type=int, default=None, help="ImageNet images per pass (default all 800, quick 120)")
-    p.add_argument("--parts", default="cifar,imagenet", help="comma list of cifar, imagenet, decode")
+    p.add_argument("--parts", default="cifar,imagenet", help="comma list of cifar, imagenet, decode, shards, listing")
     p.add_argument("--chunk", type=int, default=32, help="decode part: images per batch decode (and per turn)")
     p.add_argument("--cifar-root", type=Path, default=None)
     p.add_argument("--imagenet-root", type=Path, default=None)
+    p.add_argument("--convert-workers", type=int, default=2, help="--parts shards: processes of `resnet-lit shards`")
+    p.add_argument("--listing-files", type=int, default=1_281_167,
+                   help="--parts listing: empty files in the synthetic tree (default: ImageNet's training set)")
     args = p.parse_args(argv)
     setup_threads(args.threads if args.threads is not None else 1)
     args.seconds = args.seconds or (1.5 if args.quick else 4.0)
@@ -270,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
                      "ratio": r, "target": ">= 1.5"})
     if "decode" in parts:
         decode_part(args, rep)
+    if "shards" in parts:
+        c = shards(args, rep)
+        for key, target in (("shards", ">= 1.3"), ("shards_512", ">= 2")):
+            rows.append({"pipeline": f"ImageNet {key} vs folder, same transform, per worker",
+                         "ours_images_per_s": c[f"{key}_images_per_s"],
+                         "torchvision_images_per_s": c["folder_images_per_s"], "ratio": c[f"{key}_ratio"],
+                         "target": target})
+    if "listing" in parts:
+        listing(args, rep)
     if rows:
         print()
         print(table(rows, ["pipeline", "ours_images_per_s", "torchvision_images_per_s", "ratio", "target"]))

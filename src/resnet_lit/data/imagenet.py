@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from .base import ImageDataModule
 from .decode import BadImageError
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 class ImageNetDataModule(ImageDataModule):
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         batch_size: int = 256,
         augmentation: Literal["paper", "modern"] = "paper",
         lighting: float = 0.1,
@@ -95,6 +95,7 @@ class ImageNetDataModule(ImageDataModule):
         repeated_augmentation: int = 1,
         repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
         decode: Literal["pil", "cpu", "gpu"] = "pil",
+        shards: str | None = None,
     ) -> None:
         """ImageNet, or any folder of images sorted into one sub-folder per class.
 
@@ -170,6 +171,11 @@ class ImageNetDataModule(ImageDataModule):
                 "cpu": the same code decoding on the CPU in the training process (a reference
                 for tests and CPU runs; it does not spread over workers). Predict always decodes
                 in the workers.
+            shards: instead of ``root``, the output of ``resnet-lit shards`` (LitData chunks; a local folder
+                or a URL LitData reads, e.g. ``s3://bucket/imagenet-shards``): the same images in the same
+                order, read by index under the same samplers (data/shards.py; needs
+                ``pip install 'resnet-lit[shards]'``). ``scan`` does nothing there (the converter checked
+                every image); ``cache_dir`` is where LitData keeps the chunks of a URL.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -196,6 +202,10 @@ class ImageNetDataModule(ImageDataModule):
         self._classes: list[str] | None = list(classes) if classes is not None else None
         self._splits: dict[str, list[tuple[str, int]]] = {}
         self._scan_done: set[str] = set()
+        self._shard_source = None
+        if (root is None) == (shards is None):
+            raise ValueError("ImageNetDataModule: give root (an ImageFolder tree or its .tar.gz archives) or shards "
+                             f"(the output of `resnet-lit shards`), exactly one; got root={root!r}, shards={shards!r}")
 
     # ------------------------------------------------------------------ files
     def _split_name(self, split: str) -> str:
@@ -238,6 +248,8 @@ class ImageNetDataModule(ImageDataModule):
     def classes(self) -> list[str]:
         """Class names: the training split's folder names, sorted (the validation split's if there is no
         training split)."""
+        if self._classes is None and self.hparams.get("shards") is not None:
+            self._classes = self._shards().classes
         if self._classes is None:
             split = self._split_dir(self._first_split())
             self._classes = scan_image_folder(split, on_bad_image=self.hparams.on_bad_image)[0]
@@ -285,21 +297,47 @@ class ImageNetDataModule(ImageDataModule):
         # decode: cpu | gpu: the workers read bytes, the views are taken after the transfer (jpeg_batch)
         wrap = (lambda view: view) if hp.decode == "pil" else EncodedJpeg
         if stage in ("fit", None):
-            self.train_set = ImageFiles(self._scanned("train"), wrap(self._train_transform()), hp.on_bad_image)
+            self.train_set = self._dataset("train", wrap(self._train_transform()))
         if stage in ("fit", "validate", None):
-            self.val_set = ImageFiles(self._scanned("val"), wrap(CenterCrop(resize, crop)), hp.on_bad_image)
+            self.val_set = self._dataset("val", wrap(CenterCrop(resize, crop)))
         if stage in ("test", None):
-            self.test_set = ImageFiles(self._scanned("test"), wrap(test_tf), hp.on_bad_image)
+            self.test_set = self._dataset("test", wrap(test_tf))
         if stage in ("predict", None) and hp.predict_path is not None:
             view = CenterCrop(resize, crop)
             self.predict_set = ImageFiles(list_predict_files(hp.predict_path), view, hp.on_bad_image)
 
+    # ------------------------------------------------------------------ shards (data/shards.py)
+    def _shards(self):
+        """The ``shards`` location (its classes and splits), opened once."""
+        if self._shard_source is None:
+            from .shards import ShardSource
+
+            self._shard_source = ShardSource(self.hparams.shards, self.hparams.cache_dir)
+            if self.hparams.classes is not None:
+                check_same_classes(self.hparams.classes, self._shard_source.classes, "the given classes",
+                                   self.hparams.shards)
+        return self._shard_source
+
+    def _dataset(self, split: str, transform):
+        """The per-image dataset of ``split``: ImageFiles over the folder, or ShardImages over ``shards``."""
+        if self.hparams.get("shards") is not None:
+            return self._shards().dataset(self._split_name(split), transform, self.hparams.on_bad_image)
+        return ImageFiles(self._scanned(split), transform, self.hparams.on_bad_image)
+
+    def _shard_sampler(self, train: bool) -> dict:
+        """Shards' training order carries a seed per image, so a resumed run draws the same crops (data/shards.py)."""
+        if not train or self.hparams.get("shards") is None:
+            return {}
+        from .shards import SeededShardSampler
+
+        return {"sampler": SeededShardSampler}
+
     # ------------------------------------------------------------------ loaders
-    def _loader(self, ds: ImageFiles, batch_size: int, train: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
         # Training: a ResumableLoader (data/sharding.py), which resumes mid-epoch at the right batch
         # and starts its workers only after Lightning has set the epoch (a plain DataLoader's workers
         # would read the previous epoch's order ahead).
-        sampler = self._shard(len(ds), train=train)
+        sampler = self._shard(len(ds), train=train, **self._shard_sampler(train))
         return (ResumableLoader if train else DataLoader)(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
                                                           **self._worker_args(self.pin_memory))
 

@@ -3,7 +3,7 @@
     resnet-lit fit --config configs/cifar10/resnet56.yaml
     resnet-lit fit --config configs/r50.yaml --config configs/trainer/ddp.yaml
     resnet-lit test --config configs/cifar10/resnet56.yaml --ckpt_path runs/cifar10/resnet56/checkpoints/last.ckpt
-    resnet-lit export | report | imagenet-val ...   (see ``resnet-lit <tool> --help``)
+    resnet-lit export | report | imagenet-val | shards ...   (see ``resnet-lit <tool> --help``)
 
 A run writes everything into one directory, ``--run_dir`` (each recipe sets ``runs/<dataset>/<net>``;
 without one, ``runs/<arch>``):
@@ -51,6 +51,7 @@ TOOLS = {
     "export": "resnet_lit.commands.export:main",
     "report": "resnet_lit.commands.report:main",
     "imagenet-val": "resnet_lit.commands.imagenet_val:main",
+    "shards": "resnet_lit.commands.shards:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Forced callbacks a run may leave out (--callbacks_off); the others make resume exact.

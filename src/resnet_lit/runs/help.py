@@ -20,6 +20,7 @@ tools (`resnet-lit TOOL --help`):
   export        a checkpoint to safetensors, torchvision, ONNX, TorchScript or torch.export
   report        Figure 6-style plots and a table of errors from run directories
   imagenet-val  sort ILSVRC-2012's flat validation folder into class folders
+  shards        an ImageFolder tree (or its .tar.gz) into LitData shards for --data.shards
 
 options set most often:
   --config FILE          a recipe (configs/cifar10/resnet56.yaml), then overlays (configs/trainer/)

@@ -1,0 +1,228 @@
+"""Reading ImageFolder data converted to LitData's chunked format (``resnet-lit shards``).
+
+A shards location (a local folder, or a URL LitData reads: ``s3://bucket/imagenet``, ``gs://``...)
+holds one LitData data set per split, ``<location>/train/`` and ``<location>/val/`` (``index.json``
+plus ``chunk-*.bin`` files of ~64 MB), and ``resnet_lit_shards.json`` beside them: the class names,
+and per split the image count, the count per class and the images left out at conversion. A split
+is complete only once the converter has listed it there, so an interrupted conversion is never read.
+
+Each sample is ``{"image": the original file's bytes (or its ``--max_side`` rendition), "label":
+int, "path": its path relative to the split folder, utf-8}``, in the order the folder path lists
+them (class folders sorted, files sorted): sample i of a split is the folder path's image i, so the
+same ``ShardSampler`` permutation trains on the same images in the same order.
+
+Samples are read by index (``StreamingDataset.__getitem__``) under the project's own
+``ShardSampler`` / ``ResumableLoader`` (data/sharding.py), not through LitData's own
+shuffling, distributed split and loader state, because those do not give exact evaluation counts
+or exact mid-epoch resume (measured: docs/data.md, "Shards"). Chunks are memory-mapped in place
+for a local folder; for a URL, LitData downloads each chunk once into its cache directory
+(``cache_dir``) and reads it there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .decode import BadImageError, skipped_message
+from .sharding import ShardSampler
+
+log = logging.getLogger(__name__)
+
+META_NAME = "resnet_lit_shards.json"
+FORMAT = "resnet-lit-shards"
+FORMAT_VERSION = 1
+INSTALL_HINT = "pip install 'resnet-lit[shards]'"
+
+
+def require_litdata() -> Any:
+    """The ``litdata`` module, or an ImportError in one line saying how to install it."""
+    try:
+        import litdata
+    except ImportError as exc:
+        raise ImportError(f"reading or writing ImageNet shards needs LitData: {INSTALL_HINT} "
+                          f"(or pip install litdata); import failed: {exc}") from None
+    return litdata
+
+
+def is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([location.rstrip("/"), *parts]) if is_url(location) else str(Path(location, *parts))
+
+
+def read_meta(location: str, cache_dir: str | None = None) -> dict[str, Any]:
+    """``resnet_lit_shards.json`` of a shards location (downloaded first for a URL)."""
+    path = join(location, META_NAME)
+    if is_url(location):
+        require_litdata()
+        from litdata.streaming.fs_provider import _get_fs_provider
+
+        local = Path(cache_dir or tempfile.gettempdir()) / f"resnet_lit_shards_meta_{os.getpid()}.json"
+        try:
+            _get_fs_provider(path).download_file(path, str(local))
+        except Exception as exc:
+            raise FileNotFoundError(f"cannot read {path} ({type(exc).__name__}: {exc}): is {location} the "
+                                    "output folder of `resnet-lit shards`, and are its credentials set?") from exc
+        text = local.read_text()
+        local.unlink(missing_ok=True)
+    else:
+        if not Path(location).expanduser().is_dir():
+            raise FileNotFoundError(f"shards location {location} does not exist: give the OUT folder of "
+                                    "`resnet-lit shards SRC OUT` (or an s3://... URL of one)")
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"{location} holds no {META_NAME}: it is not the output of `resnet-lit shards`, "
+                                    "or its conversion never finished a split (run it again: it resumes)")
+        text = p.read_text()
+    meta = json.loads(text)
+    if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; this resnet-lit "
+                         f"reads {FORMAT!r} up to version {FORMAT_VERSION} (convert again, or upgrade resnet-lit)")
+    return meta
+
+
+def write_meta(out: Path, meta: dict[str, Any]) -> None:
+    """Write ``resnet_lit_shards.json`` atomically (a temporary name, then a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{META_NAME}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, out / META_NAME)
+
+
+def as_bytes(value: Any) -> bytes:
+    """LitData hands ``bytes`` fields back as memoryviews into the chunk: a copy that outlives it."""
+    return bytes(value)
+
+
+class ShardImages(Dataset):
+    """``(uint8 image(s), label, bad)`` per sample of one split of a shards location, read by index.
+
+    The same contract as ``folder.ImageFiles``: ``transform(bytes, name)`` makes the image(s), and
+    with ``on_bad_image="skip"`` an unreadable sample is replaced by the next readable one with
+    ``bad`` = 1 (training learns from the stand-in, evaluation masks it). LitData's reader is opened
+    lazily in each process that reads (each DataLoader worker its own).
+    """
+
+    def __init__(self, location: str, split: str, transform: Callable[[bytes, str], Any], on_bad_image: str = "error",
+                 cache_dir: str | None = None, length: int | None = None) -> None:
+        self.location, self.split = location, split
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        self.cache_dir = cache_dir
+        self._reader: Any = None
+        self._pid: int | None = None
+        self._seed: int | None = None
+        self._len = length if length is not None else len(self.reader)
+
+    @property
+    def reader(self) -> Any:
+        if self._reader is None or self._pid != os.getpid():  # one per process: never a forked parent's handles
+            litdata = require_litdata()
+            # batch_decode=0: one item per read (the default decodes a window of 256 around it, for streaming)
+            self._reader = litdata.StreamingDataset(join(self.location, self.split), cache_dir=self.cache_dir,
+                                                    batch_decode=0)
+            self._pid = os.getpid()
+        return self._reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reader": None, "_pid": None}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def sample(self, i: int) -> tuple[bytes, int, str]:
+        """``(image bytes, label, name)``; name: ``<location>/<split>:<relative path>`` for messages."""
+        item = self.reader[i]
+        return as_bytes(item["image"]), int(item["label"]), f"{join(self.location, self.split)}:" + \
+            as_bytes(item["path"]).decode()
+
+    def _read(self, i: int) -> tuple[Any, int]:
+        data, label, name = self.sample(i)
+        if self._seed is None:
+            return self.transform(data, name), label
+        state = random.getstate()  # the draws of this image only: the process's own streams stay as they were
+        random.seed(self._seed)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._seed)
+                return self.transform(data, name), label
+        finally:
+            random.setstate(state)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        # (index, seed) from SeededShardSampler: the augmentation draws from that seed alone
+        i, self._seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            return (*self._read(i), 0)
+        except BadImageError as exc:
+            if self.on_bad_image != "skip":
+                raise
+            log.warning("%s", skipped_message(exc))
+        for k in range(1, min(len(self), 100)):  # substitute the next readable image
+            try:
+                return (*self._read((i + k) % len(self)), 1)
+            except BadImageError:
+                continue
+        raise BadImageError(f"no readable image near index {i} of {len(self)} in {join(self.location, self.split)}")
+
+
+class SeededShardSampler(ShardSampler):
+    """A training ``ShardSampler`` that yields ``(index, seed)``: the seed is a function of (seed, epoch, rank,
+    place in the epoch), so each image's random crop and flip are too, whichever worker decodes it, whatever
+    the loader prefetched before a checkpoint, and however many batches a resumed run skips. Without it the
+    crops follow the workers' RNG streams (or, with ``num_workers: 0``, the main process's, already advanced by
+    the prefetched batch when the checkpoint is written), and a resumed run's crops differ from the
+    uninterrupted run's: measured, tests/test_shards.py."""
+
+    def __iter__(self) -> Iterator:
+        first = self.start  # items skipped (ShardSampler.__iter__ resets it)
+        if self.batch_size is not None:
+            raise ValueError("SeededShardSampler yields single indices (batch_size=None)")
+        for place, i in enumerate(super().__iter__(), start=first):
+            yield i, zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{place}".encode())
+
+
+class ShardSource:
+    """A shards location: its classes and, per split, a ``ShardImages`` (what ImageNetDataModule reads)."""
+
+    def __init__(self, location: str, cache_dir: str | None = None) -> None:
+        require_litdata()
+        self.location = location if is_url(location) else str(Path(location).expanduser())
+        self.cache_dir = cache_dir
+        self.meta = read_meta(self.location, cache_dir)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def has_split(self, split: str) -> bool:
+        return split in self.meta.get("splits", {})
+
+    def dataset(self, split: str, transform: Callable[[bytes, str], Any], on_bad_image: str = "error") -> ShardImages:
+        if not self.has_split(split):
+            done = ", ".join(self.meta.get("splits", {})) or "none"
+            raise FileNotFoundError(f"no finished '{split}' split in the shards at {self.location} (finished: {done}); "
+                                    f"convert it with `resnet-lit shards SRC {self.location} --splits {split}`")
+        n = int(self.meta["splits"][split]["images"])
+        ds = ShardImages(self.location, split, transform, on_bad_image, self.cache_dir, length=n)
+        return ds
+
+
+def read_all(location: str, split: str) -> list[tuple[bytes, int, str]]:
+    """Every sample of a split, in order (tests and the converter's check; reads all the bytes)."""
+    ds = ShardImages(location, split, lambda data, name: data)
+    return [ds.sample(i) for i in range(len(ds))]
+
