@@ -136,3 +136,19 @@ def test_epoch_milestones_follow_the_loader_when_max_steps_ends_the_run_first(
     assert factor(3 * per_epoch) == pytest.approx(0.1)
     assert factor(6 * per_epoch - 1) == pytest.approx(0.1)
     assert factor(6 * per_epoch) == pytest.approx(0.01)
+
+
+def test_epoch_milestones_with_a_run_bounded_by_max_steps(imagewoof_root, tmp_path) -> None:
+    # max_steps without max_epochs makes max_epochs -1, where Lightning's estimated_stepping_batches
+    # does not set up the training loader; the epoch milestones still need its length
+    import torch
+
+    from resnet_lit.runs.cli import main
+
+    main(["fit", "--model.arch", "resnet18", "--model.width", "0.25", "--model.schedule.milestones", "[1, 2]",
+          "--data", "ImageNetDataModule", "--data.root", str(imagewoof_root), "--data.batch_size", "4",
+          "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+          "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--run_dir", str(tmp_path / "r")])
+    checkpoint = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    assert checkpoint["hyper_parameters"]["schedule"]["unit"] == "epoch"

@@ -218,7 +218,8 @@ def configure_training(model: nn.Module, cfg: OptimizerConfig, schedule: Schedul
     total = int(trainer.estimated_stepping_batches) if schedule.needs_total_steps else None
     per_epoch = None
     if schedule.needs_steps_per_epoch:  # from the loader's length: max_steps may end the run early
-        _ = trainer.estimated_stepping_batches  # sets up the train loader, so num_training_batches is known
+        if trainer.train_dataloader is None:  # as estimated_stepping_batches does, which skips it when
+            trainer.fit_loop.setup_data()      # max_epochs is -1 (a run bounded by max_steps alone)
         per_epoch = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
     return build_scheduler(optimizer, schedule, total, per_epoch)
 
