@@ -26,7 +26,7 @@ def _optimizer_and_lambda(recipe: dict, *, per_device: int, devices: int = 1, no
     module._trainer = SimpleNamespace(  # only what configure_optimizers reads
         datamodule=SimpleNamespace(batch_size=per_device), num_devices=devices, num_nodes=nodes,
         accumulate_grad_batches=accumulate, max_epochs=max_epochs, num_training_batches=steps_per_epoch * accumulate,
-        estimated_stepping_batches=steps_per_epoch * max(max_epochs, 1),
+        estimated_stepping_batches=steps_per_epoch * max(max_epochs, 1), train_dataloader=object(),  # set up
     )
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
