@@ -259,14 +259,15 @@ def test_wandb_offline_run_and_resume_keeps_the_run_id(cache_dir, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_resnet20_overfits_256_real_images(cache_dir, tmp_path):
+def test_resnet20_overfits_128_real_images(cache_dir, tmp_path):
     """The whole loop learns: data, augmentation, model, loss, optimiser, schedule and metrics
-    together drive the training error on 256 real CIFAR-10 images under 5 % in 160 steps."""
+    together drive the training error of a half-width ResNet-20 on 128 real CIFAR-10 images under 5 %
+    in 160 steps (about 25 s on 2 cores; 1.6 % on the run that set it)."""
     run_dir = tmp_path / "overfit"
     main([
         "fit", "--config", "configs/cifar10/resnet20.yaml", *CPU,
-        "--data.subset", "256", "--data.pad", "0", "--data.batch_size", "64", "--data.cache_dir", str(cache_dir),
-        "--model.optimizer.lr", "0.2", "--model.schedule.kind", "cosine",
+        "--data.subset", "128", "--data.pad", "0", "--data.batch_size", "32", "--data.cache_dir", str(cache_dir),
+        "--model.width", "0.5", "--model.optimizer.lr", "0.2", "--model.schedule.kind", "cosine",
         "--trainer.max_steps", "-1", "--trainer.max_epochs", "40", "--trainer.limit_val_batches", "0",
         "--trainer.log_every_n_steps", "4", "--run_dir", str(run_dir),
     ])
