@@ -80,3 +80,24 @@ def test_recipe_trains_two_steps_on_the_cpu(path, tmp_path, cifar_root, imagewoo
     main(args)
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 2
+
+
+def test_the_recipe_comparison_quotes_its_logs():
+    """docs/recipes.md's paper-vs-fast table: every figure is the one in docs/recipes_cpu_2k/, both runs
+    trained the same 2,000 iterations, and the fast run's config is the recipe's (EMA warm-up on)."""
+    import csv
+
+    logs, doc = REPO / "docs" / "recipes_cpu_2k", (REPO / "docs" / "recipes.md").read_text()
+    for run, test_row in (("paper", "| paper recipe"), ("fast", "| fast recipe")):
+        config = yaml.safe_load((logs / f"{run}-config.yaml").read_text())
+        assert config["trainer"]["max_steps"] == 2000
+        rows = list(csv.DictReader(open(logs / f"{run}-metrics.csv")))
+        assert max(int(r["step"]) for r in rows) == 1999  # 0-based: the 2,000th step logged
+        vals = ", ".join(f"{float(r['val/error']):.2f}" for r in rows if r.get("val/error"))
+        test_error = float(next(csv.DictReader(open(logs / f"{run}-test-metrics.csv")))["test/error"])
+        line = next(line for line in doc.splitlines() if line.startswith(test_row))
+        assert vals in line and f"**{test_error:.2f}**" in line, (line, vals, test_error)
+    fast = yaml.safe_load((logs / "fast-config.yaml").read_text())
+    assert fast["model"]["ema"]["warmup_power"] == 0.75 and fast["data"]["init_args"]["test_mode"] == "flip"
+    recipe = yaml.safe_load((REPO / "configs" / "recipes" / "cifar10_resnet20_fast.yaml").read_text())
+    assert recipe["model"]["ema"] == {k: fast["model"]["ema"][k] for k in recipe["model"]["ema"]}
