@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def cifar_root(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def imagewoof_root(shared_data: Path) -> Path:
     return shared_data / "imagewoof-mini"
+
+
+@pytest.fixture(scope="session")
+def woof_jpegs(imagewoof_root: Path) -> list[bytes]:
+    """Twelve real JPEGs from imagewoof-mini's validation archive."""
+    out = []
+    with tarfile.open(imagewoof_root / "val.tar.gz") as tf:
+        for m in tf:
+            if m.isfile() and m.name.endswith(".JPEG"):
+                out.append(tf.extractfile(m).read())
+            if len(out) == 12:
+                break
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,6 @@ Also the ILSVRC-2012 validation sorter."""
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import lightning as L
@@ -14,19 +13,6 @@ from PIL import Image
 
 from resnet_lit.commands.imagenet_val import main as imagenet_val
 from resnet_lit.data import BadImageError, CIFARDataModule, ImageNetDataModule
-
-
-@pytest.fixture(scope="session")
-def woof_jpegs(imagewoof_root: Path) -> list[bytes]:
-    """Twelve real JPEGs from imagewoof-mini's validation archive."""
-    out = []
-    with tarfile.open(imagewoof_root / "val.tar.gz") as tf:
-        for m in tf:
-            if m.isfile() and m.name.endswith(".JPEG"):
-                out.append(tf.extractfile(m).read())
-            if len(out) == 12:
-                break
-    return out
 
 
 def write_tree(root: Path, jpegs: list[bytes], classes=("a", "b"), per_class: int = 3, splits=("train", "val")) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import random
-import tarfile
 from pathlib import Path
 
 import lightning as L
@@ -159,18 +158,6 @@ def test_grey_cmyk_and_png_named_jpeg_come_out_rgb(imagewoof_root, decode_cache)
 
 
 # ------------------------------------------------------------------ bad data, a real fit
-@pytest.fixture(scope="session")
-def val_jpegs(imagewoof_root: Path) -> list[bytes]:
-    out = []
-    with tarfile.open(imagewoof_root / "val.tar.gz") as tf:
-        for m in tf:
-            if m.isfile() and m.name.endswith(".JPEG"):
-                out.append(tf.extractfile(m).read())
-            if len(out) == 12:
-                break
-    return out
-
-
 def write_tree(root: Path, jpegs: list[bytes], per_class: int = 5) -> Path:
     k = 0
     for split in ("train", "val"):
@@ -190,25 +177,25 @@ def bad_files(jpeg: bytes) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", ["truncated.JPEG", "corrupt.JPEG", "zero.JPEG"])
-def test_decode_cpu_bad_file_error_names_it(tmp_path, val_jpegs, name) -> None:
-    root = write_tree(tmp_path, val_jpegs, per_class=2)
-    (root / "train" / "a" / name).write_bytes(bad_files(val_jpegs[0])[name])
+def test_decode_cpu_bad_file_error_names_it(tmp_path, woof_jpegs, name) -> None:
+    root = write_tree(tmp_path, woof_jpegs, per_class=2)
+    (root / "train" / "a" / name).write_bytes(bad_files(woof_jpegs[0])[name])
     dm = make_dm(root, root / "cache", batch_size=5, decode="cpu")
     with pytest.raises(BadImageError, match=rf"{name}.*on_bad_image='skip'"):
         for _ in dm.batches("train"):
             pass
 
 
-def test_decode_cpu_skip_evaluates_each_readable_image_once(tmp_path, val_jpegs) -> None:
+def test_decode_cpu_skip_evaluates_each_readable_image_once(tmp_path, woof_jpegs) -> None:
     """10 readable and 4 bad validation images (two fail in the worker, two at the batch decode),
     evaluated with decode=cpu and on_bad_image=skip: the figures of the clean folder, the 10 counted
     as images and the 4 as skipped (the last, short batch padded after decoding). At 64 px the PIL
     path would decode at 1/4 size (draft), so both runs decode alike here: decode=cpu."""
     from resnet_lit.training.classifier import ImageClassifier
 
-    clean = write_tree(tmp_path / "clean", val_jpegs)
-    root = write_tree(tmp_path / "bad", val_jpegs)
-    for i, (name, data) in enumerate(bad_files(val_jpegs[0]).items()):
+    clean = write_tree(tmp_path / "clean", woof_jpegs)
+    root = write_tree(tmp_path / "bad", woof_jpegs)
+    for i, (name, data) in enumerate(bad_files(woof_jpegs[0]).items()):
         (root / "val" / "ab"[i % 2] / f"{i}{name}").write_bytes(data)
     torch.manual_seed(0)
     model = ImageClassifier(arch="resnet20", num_classes=2, width=0.25)
@@ -225,12 +212,12 @@ def test_decode_cpu_skip_evaluates_each_readable_image_once(tmp_path, val_jpegs)
         assert got[k] == pytest.approx(expected[k], abs=1e-5), k
 
 
-def test_fit_with_decode_cpu_runs(tmp_path, val_jpegs) -> None:
+def test_fit_with_decode_cpu_runs(tmp_path, woof_jpegs) -> None:
     """A real Trainer fit with decode=cpu, the bytes batches made in a worker process, one corrupt
     training file among 9 (skipped at the batch decode): training batches float [4, 3, 64, 64]
     (train_size 64), validation batches padded to 4 after decoding, and the skip counted."""
-    root = write_tree(tmp_path, val_jpegs, per_class=4)
-    (root / "train" / "a" / "x.JPEG").write_bytes(bad_files(val_jpegs[0])["truncated.JPEG"])
+    root = write_tree(tmp_path, woof_jpegs, per_class=4)
+    (root / "train" / "a" / "x.JPEG").write_bytes(bad_files(woof_jpegs[0])["truncated.JPEG"])
     seen: dict[str, list] = {"train": [], "val": []}
 
     class Probe(L.LightningModule):
