@@ -182,13 +182,16 @@ class ImageClassifier(pl.LightningModule):
         self._nonfinite.record(loss, self.trainer)  # on the device: no sync
         if should_update_logs(self.trainer):  # self.log costs a fraction of a small net's GPU step
             self._nonfinite.stop_if_bad(self.trainer)  # before this step's update; the logged loss syncs anyway
-            self.log("train/loss", loss, prog_bar=True)
-            # the epoch's error so far (train/error is the whole epoch's, at its end), so that runs
-            # shorter than an epoch have a training-error curve too
-            rates = self.train_accuracy.compute(self._sum_over_ranks, self.device, reset=False)
-            if rates is not None:
-                self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
+            self._log_training_figures(loss)
         return loss
+
+    def _log_training_figures(self, loss: torch.Tensor) -> None:
+        """On logging steps: the loss, and the epoch's error so far (train/error is the whole epoch's,
+        at its end), so that runs shorter than an epoch have a training-error curve too."""
+        self.log("train/loss", loss, prog_bar=True)
+        rates = self.train_accuracy.compute(self._sum_over_ranks, self.device, reset=False)
+        if rates is not None:
+            self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
 
     def _compiled_training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``compile_step``: one compiled call updates the weights (training/fused_step.py); Lightning
@@ -204,10 +207,7 @@ class ImageClassifier(pl.LightningModule):
         for config in trainer.lr_scheduler_configs:
             config.scheduler.step()
         if should_update_logs(trainer):
-            self.log("train/loss", loss, prog_bar=True)
-            rates = self.train_accuracy.compute(self._sum_over_ranks, self.device, reset=False)
-            if rates is not None:
-                self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
+            self._log_training_figures(loss)
         return loss
 
     def on_train_start(self) -> None:
