@@ -134,3 +134,32 @@ def test_compiled_step_refuses_what_it_cannot_keep(cifar_root: Path, tmp_path: P
 def test_compile_step_needs_compile() -> None:
     with pytest.raises(ValueError, match="model.compile_step needs model.compile"):
         ImageClassifier(arch="resnet20", num_classes=10, compile_step=True)
+
+
+class FailAtFirstStep(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        raise RuntimeError("stop here")
+
+
+@pytest.mark.slow
+def test_a_failed_compiled_step_fit_leaves_the_datamodule_augmenting(cifar_root: Path, tmp_path: Path) -> None:
+    """The compiled step takes over the augmentation at its start; a fit that fails after that hands it
+    back, so the next fit with the same DataModule (default path) trains on augmented float batches."""
+    data = CIFARDataModule(str(cifar_root), batch_size=16, subset=32)
+    failing = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[FailAtFirstStep()],
+                         default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="stop here"):
+        failing.fit(_module(compile=True, compile_step=True), data)
+    assert data.defer_train_batch is False
+    seen = []
+
+    class Inputs(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(batch[0].dtype)
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Inputs()],
+                         limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(_module(), data)
+    assert seen == [torch.float32]

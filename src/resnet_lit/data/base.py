@@ -163,6 +163,11 @@ class ImageDataModule(L.LightningDataModule):
         self.defer_train_batch = True
         return self.train_batch
 
+    def on_exception(self, exception: BaseException) -> None:
+        """A run that failed (Lightning calls this): training batches are augmented here again, as they
+        were before a compiled step deferred them, for the next fit with this DataModule."""
+        self.defer_train_batch = False
+
     def train_batch(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A uint8 training batch on the device -> augmented and normalised, then MixUp / CutMix if on."""
         if x.dtype != torch.uint8:  # already processed (a user's own float loader)
