@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from resnet_lit.checkpointing.contents import RNGState
 from resnet_lit.data import CIFARDataModule
 from resnet_lit.training.classifier import ImageClassifier
+from resnet_lit.training.ema import EMAWeights
 
 GRAPHS: list[int] = []  # nodes of each graph dynamo hands the backend
 
@@ -67,18 +68,19 @@ def _max_difference(a: ImageClassifier, b: ImageClassifier) -> float:
 
 @pytest.mark.slow
 def test_compiled_step_trains_as_the_default_path_and_compiles_once(cifar_root: Path, tmp_path: Path) -> None:
-    """9 steps (3 epochs, each validated; lr divided at steps 4 and 7): the compiled step against the
-    default path, eager; graphs counted after each epoch."""
+    """9 steps (3 epochs, each validated; lr divided at steps 4 and 7), with an EMA of the weights: the
+    compiled step against the default path, eager; graphs counted after each epoch."""
     GRAPHS.clear()
     torch._dynamo.reset()
     counters.clear()
-    fast, counts = _module(compile={"backend": counting_backend}, compile_step=True), CompileCounts()
+    ema = {"decay": 0.9, "warmup_power": 0.75}  # the weights compared at the end are the averages
+    fast, counts = _module(compile={"backend": counting_backend}, compile_step=True, ema=ema), CompileCounts()
     try:
         trainer = _fit(fast, cifar_root, tmp_path / "fast", 9, callbacks=[counts])
         trainer.save_checkpoint(tmp_path / "fast.ckpt")
     finally:
         torch._dynamo.reset()
-    default = _module()
+    default = _module(ema=ema)
     reference = CompileCounts()
     _fit(default, cifar_root, tmp_path / "default", 9, callbacks=[reference])
     assert trainer.global_step == 9 and len(counts.after_epoch) == 3
@@ -86,6 +88,8 @@ def test_compiled_step_trains_as_the_default_path_and_compiles_once(cifar_root: 
     # the first step (the optimiser creates its state), the steady step, evaluation: one graph each
     assert counts.after_epoch[0][0] == 3 and counters["stats"]["unique_graphs"] == 3, GRAPHS
     assert counts.lrs == pytest.approx(reference.lrs) and len(set(counts.lrs)) == 3
+    averaged = [int(c._average_model.n_averaged) for c in trainer.callbacks if isinstance(c, EMAWeights)]
+    assert averaged == [9]  # one update a compiled step
     assert _max_difference(fast, default) < 1e-5
     assert fast.trainer.callback_metrics["train/error"] == reference_error(default)
     saved = torch.load(tmp_path / "fast.ckpt", weights_only=False)["optimizer_states"][0]  # hparams: the test backend
@@ -163,3 +167,17 @@ def test_a_failed_compiled_step_fit_leaves_the_datamodule_augmenting(cifar_root:
                          limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(_module(), data)
     assert seen == [torch.float32]
+
+
+@pytest.mark.slow
+def test_compiled_step_runs_under_bf16_autocast(cifar_root: Path, tmp_path: Path) -> None:
+    """``trainer.precision bf16-mixed``: Lightning's autocast reaches the compiled step (traced by dynamo,
+    run as traced): its weights after 3 steps are the bf16 default path's, not the 32-bit ones."""
+    runs = {}
+    for name, precision, step in [("fast", "bf16-mixed", True), ("default", "bf16-mixed", False),
+                                  ("fp32", "32", False)]:
+        module = _module(compile={"backend": "eager"}, compile_step=True) if step else _module()
+        _fit(module, cifar_root, tmp_path / name, 3, precision=precision, limit_val_batches=0)
+        runs[name] = module
+    same, apart = _max_difference(runs["fast"], runs["default"]), _max_difference(runs["default"], runs["fp32"])
+    assert same < apart / 10, (same, apart)
