@@ -91,7 +91,12 @@ class ImageDataModule(L.LightningDataModule):
                        batch_size=batch_size, drop_last=train and batch_size is not None, **kwargs)
 
     def _worker_args(self, pin_memory: bool) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "pin_memory": pin_memory, "persistent_workers": self.num_workers > 0}
+        # Each loader has its own generator: a DataLoader draws its workers' base seed at every iter(),
+        # from torch's global generator without one, and the on-device augmentation (CIFAR's crops, PCA
+        # lighting, MixUp / CutMix) draws from that global generator: a resumed run, which starts its
+        # loaders at other points of the run than an uninterrupted one, would then draw other noise.
+        return {"num_workers": self.num_workers, "pin_memory": pin_memory, "persistent_workers": self.num_workers > 0,
+                "generator": torch.Generator().manual_seed(self.hparams.seed)}
 
     # ------------------------------------------------------------------ on the device
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -268,13 +268,8 @@ class CIFARDataModule(ImageDataModule):
             ds.x, ds.y = ds.x.to(device), ds.y.to(device)  # once: later loaders find it there
         sampler = self._shard(len(ds), train=train, batch_size=self.batch_size if train else self.eval_batch_size)
         # Training: a loader that checkpoints its position in the epoch (exact mid-epoch resume).
-        # Its own generator: a DataLoader draws a worker base seed at every iter(); from the global
-        # torch RNG (the one the augmentation draws from) that would shift a resumed run's crops.
         loader = ResumableLoader if train else DataLoader
-        return loader(
-            ds, sampler=sampler, batch_size=None, **self._worker_args(self.pin_memory and device is None),
-            generator=torch.Generator().manual_seed(self.hparams.seed),
-        )
+        return loader(ds, sampler=sampler, batch_size=None, **self._worker_args(self.pin_memory and device is None))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

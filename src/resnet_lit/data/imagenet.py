@@ -366,7 +366,7 @@ class ImageNetDataModule(ImageDataModule):
             raise ValueError("predict needs predict_path: an image file, a folder of images or a list of them")
         # A plain sequential loader: Lightning shards it across ranks itself when predicting.
         return DataLoader(self.predict_set, batch_size=self.eval_batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory)
+                          pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(self.hparams.seed))
 
     # ------------------------------------------------------------------ on the device
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:
