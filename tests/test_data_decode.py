@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from resnet_lit.data import BadImageError, ImageNetDataModule
 from resnet_lit.data.jpeg_batch import JpegBatch
@@ -28,11 +29,16 @@ def make_dm(root: Path, cache: Path, **kw) -> ImageNetDataModule:
     return ImageNetDataModule(str(root), cache_dir=str(cache), **kw)
 
 
-def uint8_batches(dm: ImageNetDataModule, split: str, n: int, seed: int, train: bool) -> torch.Tensor:
-    """The first ``n`` images of ``split`` as the views the model would see before normalisation
-    (uint8, all random draws from Python's ``random`` seeded with ``seed``)."""
+def uint8_batches(dm: ImageNetDataModule, split: str, n: int, seed: int, train: bool,
+                  per_image_seeds: bool = True) -> torch.Tensor:
+    """The first ``n`` images of ``split`` as the views the model would see before normalisation (uint8).
+    Training crops come from each image's own seed (the loader's SeededShardSampler), or, with
+    ``per_image_seeds=False``, from Python's ``random`` seeded with ``seed`` (the same images in the same order)."""
     random.seed(seed)
     loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
+    if split == "train" and not per_image_seeds:
+        loader = DataLoader(dm.train_set, batch_size=loader.batch_size, sampler=[i for i, _ in loader.sampler],
+                            collate_fn=loader.collate_fn)
     out = []
     for batch in loader:
         x, target = dm._host_batch(batch, evaluating=not train)
@@ -47,7 +53,7 @@ def uint8_batches(dm: ImageNetDataModule, split: str, n: int, seed: int, train: 
 
 
 def test_decode_cpu_takes_the_pil_paths_crops(imagewoof_root, decode_cache) -> None:
-    """Same seed, same images: decode=cpu draws the same boxes and flips as the workers' PIL path and,
+    """Same images, same per-image seeds: decode=cpu draws the same boxes and flips as the workers' PIL path and,
     where that path decodes with libjpeg-turbo too (the output needs >= half the source resolution:
     always at 224 px on imagewoof-mini's 320 px images), gives the same bytes. At 160 px the PIL
     path decodes the widest boxes at half size (``draft``: libjpeg's DCT-domain scaling, a sharper
@@ -82,7 +88,7 @@ def test_decode_cpu_statistics_match_pil(imagewoof_root, decode_cache) -> None:
     stats = []
     for dm, seed in ((pil, 11), (cpu, 12)):
         dm.setup("fit")
-        x = uint8_batches(dm, "train", n, seed=seed, train=True).float().div_(255).flatten(2)
+        x = uint8_batches(dm, "train", n, seed=seed, train=True, per_image_seeds=False).float().div_(255).flatten(2)
         stats.append(torch.cat([x.mean(2), x.std(2)], 1))  # [256, 6]: channel means, channel stds
     # the loaders shuffle with the DataModule's seed, not Python's: both read the same n images
     d = stats[0] - stats[1]

@@ -235,7 +235,7 @@ def test_train_loader_reads_the_set_epochs_order_and_resumes_mid_epoch(imagewoof
         loader.sampler.set_epoch(epoch)
         order = [int(i) for x, *_ in batches for i in x.flatten()]
         loader.sampler.set_epoch(epoch)
-        expected = list(loader.sampler)[: len(order)]
+        expected = [i for i, _seed in loader.sampler][: len(order)]  # (index, its crop's seed)
         return order, expected
 
     order, expected = one_epoch(1)
@@ -244,3 +244,24 @@ def test_train_loader_reads_the_set_epochs_order_and_resumes_mid_epoch(imagewoof
     assert sorted(order) == sorted(epoch0) and order != epoch0  # same images, another order
     rest, _ = one_epoch(1, {"epoch": 1, "batches": 2})
     assert rest == order[8:]
+
+
+def test_seeded_draws_are_the_seeds_and_leave_the_streams_alone() -> None:
+    """One training image's draws (sharding.SeededShardSampler's seed): Python's and torch's CPU
+    generator as if seeded with it, and the process's own streams go on afterwards as if untouched."""
+    import random
+
+    from resnet_lit.data.transforms import seeded_draws
+
+    torch.manual_seed(5)
+    random.seed(5)
+    expected = torch.rand(2), random.random()
+    torch.manual_seed(5)
+    random.seed(5)
+    with seeded_draws(123):
+        inside = torch.rand(3), random.random()
+    after = torch.rand(2), random.random()
+    torch.manual_seed(123)
+    random.seed(123)
+    assert torch.equal(inside[0], torch.rand(3)) and inside[1] == random.random()
+    assert torch.equal(after[0], expected[0]) and after[1] == expected[1]

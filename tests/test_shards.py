@@ -125,31 +125,40 @@ def test_missing_litdata_says_how_to_install(shards: Path, monkeypatch) -> None:
     assert shards_main([str(shards), str(shards / "again")]) == 1
 
 
-def test_shards_read_as_the_folder_path(tree: Path, shards: Path, tmp_path: Path) -> None:
-    kw = dict(batch_size=4, eval_batch_size=4, num_workers=0, test_mode="flip")
+def _equal(a, b) -> bool:
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
+    return torch.equal(a, b)
+
+
+def _seeded_batches(dm: ImageNetDataModule, split: str) -> list:
+    torch.manual_seed(0)  # the PCA colour noise (training) draws from the global generator
+    return list(dm.batches(split))
+
+
+@pytest.mark.parametrize("decode", ["pil", "cpu"])
+def test_shards_read_as_the_folder_path(tree: Path, shards: Path, tmp_path: Path, decode: str) -> None:
+    """The same batches, to the bit, from the folder and from its shards: evaluation views and, with the
+    per-image seeds, the training crops too; decoded by PIL in the loader or as a batch after it."""
+    kw = dict(batch_size=4, eval_batch_size=4, num_workers=0, test_mode="flip", decode=decode)
     folder = ImageNetDataModule(str(tree), cache_dir=str(tmp_path / "cache"), **kw)
     sharded = ImageNetDataModule(shards=str(shards), **kw)
     assert sharded.classes == folder.classes and sharded.num_classes == CLASSES
-    for stage in ("validate", "test"):
+    for stage in ("fit", "test"):
         folder.setup(stage)
         sharded.setup(stage)
-    for a, b in ((folder.val_set, sharded.val_set), (folder.test_set, sharded.test_set)):
-        assert len(a) == len(b) == VAL * CLASSES
-        for i in range(len(a)):
-            (xa, ya, _), (xb, yb, _) = a[i], b[i]
-            assert ya == yb and torch.equal(xa, xb)
-    # Training: the same permutation, so the same images in the same order (crops differ by their draw).
-    folder.setup("fit")
-    sharded.setup("fit")
-    ya = torch.cat([y for _, y, _ in folder.train_dataloader()])
-    yb = torch.cat([y for _, y, _ in sharded.train_dataloader()])
-    assert torch.equal(ya, yb) and len(ya) == TRAIN * CLASSES
+    assert len(folder.val_set) == len(sharded.val_set) == VAL * CLASSES
+    for split, n in (("val", VAL * CLASSES), ("test", VAL * CLASSES), ("train", TRAIN * CLASSES)):
+        a, b = _seeded_batches(folder, split), _seeded_batches(sharded, split)
+        assert sum(len(y) for _, y in a) == n and _equal(a, b), split
 
 
-def _small(shards: Path, run: Path) -> list[str]:
+def _small(shards: Path, run: Path, source: list[str] | None = None) -> list[str]:
     # The CIFAR ResNet-20 at width 0.25 on 64-px crops of real photographs: a real ImageNet-path run in seconds.
-    return ["--data", "resnet_lit.data.ImageNetDataModule", "--data.shards", str(shards), "--data.num_workers", "0",
-            "--data.batch_size", "8", "--data.eval_batch_size", "4", "--data.train_size", "64",
+    # ``source``: other --data arguments in place of the shards read in the main process.
+    source = source or ["--data.shards", str(shards), "--data.num_workers", "0"]
+    return ["--data", "resnet_lit.data.ImageNetDataModule", *source, "--data.batch_size", "8",
+            "--data.eval_batch_size", "4", "--data.train_size", "64",
             "--data.test_size", "64", "--model.arch", "resnet20", "--model.width", "0.25",
             "--model.schedule.unit", "step", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
             "--run_dir", str(run)]
@@ -185,16 +194,23 @@ def test_one_and_two_ranks_evaluate_each_image_once(repo_root: Path, shards: Pat
 
 
 @pytest.mark.slow
-def test_mid_epoch_stop_resumes_bit_identically(repo_root: Path, shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["shards", "folder"])
+def test_mid_epoch_stop_resumes_bit_identically(repo_root: Path, tree: Path, shards: Path, tmp_path: Path,
+                                                source: str) -> None:
     # 24 images / 8 = 3 steps an epoch; the interrupted run stops after epoch 1's first batch. The crops and
-    # flips are seeded per image; the PCA colour noise (lighting 0.1, the default) draws from the global torch
-    # generator, which the checkpoint carries and no loader draws from (each has its own generator).
+    # flips are seeded per image (sharding.SeededShardSampler); the PCA colour noise (lighting 0.1, the default)
+    # draws from the global torch generator, which the checkpoint carries and no loader draws from (each has its
+    # own generator). The folder variant reads through 2 worker processes with progressive resizing (48 px in
+    # epoch 0, 64 px from epoch 1: the resumed epoch), where each image carries its seed and its size.
+    data = ["--data.root", str(tree), "--data.cache_dir", str(tmp_path / "cache"), "--data.num_workers", "2",
+            "--data.progressive_resize", '{"start_size": 48, "end_size": 64, "end_epoch": 1, "step": 16}']
     extra = ["--trainer.deterministic", "true", "--checkpoint.monitor", "null",
              "--seed_everything", "0",
              "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "1"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     for run_dir, steps, more in ((ref, 5, []), (run, 4, []), (run, 5, ["--ckpt_path", "last"])):
-        done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"), "fit", *_small(shards, run_dir), *extra,
+        args = _small(shards, run_dir, data if source == "folder" else None)
+        done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"), "fit", *args, *extra,
                                "--trainer.max_steps", str(steps), *more], cwd=repo_root, env=fit_env(),
                               capture_output=True, text=True, timeout=300)  # fresh processes, as a job runs
         assert done.returncode == 0, done.stderr[-3000:]

@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from .cache import cache_root, publish_dir, source_key
 from .decode import BadImageError, bad_image_message, skipped_message
+from .transforms import seeded_draws
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,10 @@ def scan_files(paths: list[str], workers: int) -> list[tuple[int, str]]:
 class ImageFiles(Dataset):
     """``(uint8 image(s), target, bad)`` per sample; ``target`` is the label, or the path when predicting.
 
+    An item is an index, or ``(index, seed)`` from ``sharding.SeededShardSampler`` (training): the
+    transform's random draws (crop, flip: python's ``random`` and torch's global generator) then come
+    from that seed alone, and the process's own streams are left as they were.
+
     ``bad`` is 1 when the requested file was unreadable and ``on_bad_image="skip"`` substituted the
     next readable file (so batch shapes stay static); it travels with the batch so the count
     reaches the main process from any worker, and so evaluation can leave the substitute out
@@ -247,29 +253,41 @@ class ImageFiles(Dataset):
         s = self.samples[i]
         return s if isinstance(s, str) else s[0]
 
-    def _read(self, i: int):
+    def _item(self, i: int) -> tuple[Any, Any]:
+        """``(image(s), target)`` of sample ``i``; ``BadImageError`` when it cannot be read."""
         path = self._path(i)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
             raise BadImageError(bad_image_message(path, f"cannot read it ({exc})")) from exc
-        return self.transform(data, path)
+        return self.transform(data, path), self._target(i)
 
-    def __getitem__(self, i: int):
+    def _where(self) -> str:
+        """Where the samples are, for the message when none near an index can be read ('' for files)."""
+        return ""
+
+    def _seeded_item(self, i: int, seed: int | None) -> tuple[Any, Any]:
+        if hasattr(self.transform, "seed"):  # decode cpu|gpu: the draws happen after the batch decode
+            self.transform.seed = seed
+        with seeded_draws(seed):
+            return self._item(i)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        i, seed = item if isinstance(item, tuple) else (item, None)
         try:
-            return self._read(i), self._target(i), 0
+            return (*self._seeded_item(i, seed), 0)
         except BadImageError as exc:
             if self.on_bad_image != "skip":
                 raise
             log.warning("%s", skipped_message(exc))
         for k in range(1, min(len(self), 100)):  # substitute the next readable image
-            j = (i + k) % len(self)
             try:
-                return self._read(j), self._target(j), 1
+                return (*self._seeded_item((i + k) % len(self), seed), 1)
             except BadImageError:
                 continue
-        raise BadImageError(f"no readable image near index {i} of {len(self)}: the data set is mostly unreadable")
+        raise BadImageError(f"no readable image near index {i} of {len(self)}{self._where()}: "
+                            "the data set is mostly unreadable")
 
 
 def default_num_workers() -> int:

@@ -44,7 +44,7 @@ from .mixing import check_alphas
 from .padding import pad_eval_batch
 from .policies import AutoAugmentName, PolicyAfter, augment_policy, mean_fill
 from .resolution import AtSize, ProgressiveResize, SizedShardSampler
-from .sharding import RepeatEpoch, ResumableLoader, epoch_length
+from .sharding import RepeatEpoch, ResumableLoader, SeededShardSampler, epoch_length
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -324,20 +324,13 @@ class ImageNetDataModule(ImageDataModule):
             return self._shards().dataset(self._split_name(split), transform, self.hparams.on_bad_image)
         return ImageFiles(self._scanned(split), transform, self.hparams.on_bad_image)
 
-    def _shard_sampler(self, train: bool) -> dict:
-        """Shards' training order carries a seed per image, so a resumed run draws the same crops (data/shards.py)."""
-        if not train or self.hparams.get("shards") is None:
-            return {}
-        from .shards import SeededShardSampler
-
-        return {"sampler": SeededShardSampler}
-
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
         # Training: a ResumableLoader (data/sharding.py), which resumes mid-epoch at the right batch
         # and starts its workers only after Lightning has set the epoch (a plain DataLoader's workers
         # would read the previous epoch's order ahead).
-        sampler = self._shard(len(ds), train=train, **self._shard_sampler(train))
+        # Training: each index with its own seed (sharding.SeededShardSampler): exact crops on resume.
+        sampler = self._shard(len(ds), train=train, **({"sampler": SeededShardSampler} if train else {}))
         return (ResumableLoader if train else DataLoader)(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
                                                           **self._worker_args(self.pin_memory))
 

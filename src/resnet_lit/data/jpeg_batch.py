@@ -7,7 +7,9 @@ tensor and its offsets, so one shared-memory block and one pinned copy per batch
 transfer ``decode_batch`` decodes the whole list with ``torchvision.io.decode_jpeg(list, device=...)``
 (nvJPEG on a CUDA device, libjpeg-turbo on the CPU), then takes each image's views with the same
 transform objects the workers use in the PIL path (their ``views`` methods: same crop boxes, same
-random draws, same antialiased resize), on that device, into the same static batch shape.
+random draws, same antialiased resize), on that device, into the same static batch shape. A
+training image's draws come from its own seed (``sharding.SeededShardSampler``), which the worker's
+``EncodedJpeg`` passes on with its bytes, so the crops are the PIL path's and survive a resume.
 
 Colour modes: ``mode=RGB`` turns greyscale and CMYK JPEGs into 3 channels. Data that is not JPEG
 (PNG behind a ``.JPEG`` name: one file in ImageNet's training set) is re-encoded as JPEG (quality 95)
@@ -33,7 +35,7 @@ import torch
 from torch.utils.data import default_collate
 
 from .decode import SKIPPED_LABEL, BadImageError, bad_image_message, is_jpeg, open_pil, skipped_message
-from .transforms import as_bytes
+from .transforms import as_bytes, seeded_draws
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class EncodedJpeg:
 
     def __init__(self, view: Any) -> None:
         self.view = view
+        self.seed: int | None = None  # the image's own seed (ImageFiles sets it): its views draw from it
 
     @property
     def size(self) -> int:
@@ -59,7 +62,7 @@ class EncodedJpeg:
     def size(self, value: int) -> None:
         self.view.size = value
 
-    def __call__(self, data: bytes, name: str = "<bytes>") -> tuple[torch.Tensor, str, Any]:
+    def __call__(self, data: bytes, name: str = "<bytes>") -> tuple[torch.Tensor, str, Any, int | None]:
         data, name = as_bytes(data, name)
         if not data:
             raise BadImageError(bad_image_message(name, "the file is empty (0 bytes)"))
@@ -68,22 +71,24 @@ class EncodedJpeg:
             img = open_pil(data, name)  # BadImageError names the file when it is no image at all
             img.convert("RGB").save(buf, "JPEG", quality=95)
             data = buf.getvalue()
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), name, self.view
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), name, self.view, self.seed
 
 
 class JpegBatch:
     """A batch of encoded JPEGs: ``flat`` (all bytes, uint8) cut at ``offsets`` [B + 1], the files'
-    ``names``, the ``view`` transform, and ``device``, where the decoded batch goes.
+    ``names``, the ``view`` transform, each image's ``seeds`` (None: draws from the process's streams),
+    and ``device``, where the decoded batch goes.
 
     ``to(device)`` (Lightning's batch transfer) only records the device: the decoder reads host
     memory (nvJPEG copies the bytes itself), so the bytes stay on the host, pinned if the loader pins.
     """
 
-    __slots__ = ("flat", "offsets", "names", "view", "device")
+    __slots__ = ("flat", "offsets", "names", "view", "seeds", "device")
 
     def __init__(self, flat: torch.Tensor, offsets: torch.Tensor, names: list[str], view: Any,
-                 device: torch.device | None = None) -> None:
+                 seeds: list[int | None] | None = None, device: torch.device | None = None) -> None:
         self.flat, self.offsets, self.names, self.view = flat, offsets, names, view
+        self.seeds = seeds if seeds is not None else [None] * len(names)
         self.device = device or torch.device("cpu")
 
     def __len__(self) -> int:
@@ -95,18 +100,19 @@ class JpegBatch:
         return [self.flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def to(self, device: torch.device | str, **kwargs: Any) -> JpegBatch:
-        return JpegBatch(self.flat, self.offsets, self.names, self.view, torch.device(device))
+        return JpegBatch(self.flat, self.offsets, self.names, self.view, self.seeds, torch.device(device))
 
     def pin_memory(self, *args: Any) -> JpegBatch:
-        return JpegBatch(self.flat.pin_memory(*args), self.offsets, self.names, self.view, self.device)
+        return JpegBatch(self.flat.pin_memory(*args), self.offsets, self.names, self.view, self.seeds, self.device)
 
 
-def collate_encoded(samples: list[tuple[tuple[torch.Tensor, str, Any], Any, int]]) -> tuple[JpegBatch, Any, Any]:
+def collate_encoded(samples: list[tuple[tuple[torch.Tensor, str, Any, int | None], Any, int]]
+                    ) -> tuple[JpegBatch, Any, Any]:
     """``collate_fn`` for ``ImageFiles`` over ``EncodedJpeg``: ``(JpegBatch, targets, bad)``."""
     encoded, targets, bad = zip(*samples)
     data = [e[0] for e in encoded]
     offsets = torch.tensor([0, *itertools.accumulate(len(d) for d in data)], dtype=torch.int64)
-    batch = JpegBatch(torch.cat(data), offsets, [e[1] for e in encoded], encoded[0][2])
+    batch = JpegBatch(torch.cat(data), offsets, [e[1] for e in encoded], encoded[0][2], [e[3] for e in encoded])
     return batch, default_collate(list(targets)), default_collate(list(bad))
 
 
@@ -184,6 +190,11 @@ def _stack(views: list[Any]) -> torch.Tensor | list[torch.Tensor]:
     return torch.stack(views)
 
 
+def _views(view: Any, image: torch.Tensor, seed: int | None) -> Any:
+    with seeded_draws(seed):  # the image's own draws, as the PIL path makes them in the worker
+        return view.views(image)
+
+
 def decode_batch(batch: JpegBatch, target: Any, *, decode: str, on_bad_image: str,
                  evaluating: bool) -> tuple[torch.Tensor | list[torch.Tensor], Any, int]:
     """``(views, target, skipped)``: the batch decoded on the CPU (``decode="cpu"``) or on its own
@@ -196,7 +207,7 @@ def decode_batch(batch: JpegBatch, target: Any, *, decode: str, on_bad_image: st
     images, errors = decode_images(batch, device)
     if errors:
         target = _skip(images, errors, batch.names, target, on_bad_image, evaluating)
-    views = _stack([batch.view.views(im) for im in images])
+    views = _stack([_views(batch.view, im, seed) for im, seed in zip(images, batch.seeds)])
     if device != batch.device:
         views = [v.to(batch.device) for v in views] if isinstance(views, list) else views.to(batch.device)
     return views, target, len(errors)

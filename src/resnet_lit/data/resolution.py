@@ -6,8 +6,9 @@ train_imagenet.py): ``start_size`` up to and including ``start_epoch``, ``end_si
 
 The size has to reach the worker processes, which hold their own copy of the dataset (persistent
 workers live across epochs, so setting an attribute in the main process would not reach them).
-``SizedShardSampler`` therefore sends it with every index: it yields ``(index, size)`` with the size
-of its current epoch (which Lightning sets with ``set_epoch`` before each epoch's iterator), and
+``SizedShardSampler`` therefore sends it with every index: it yields ``((index, seed), size)`` (the
+per-image seed of ``SeededShardSampler``, so crops stay exact on resume) with the size of its
+current epoch (which Lightning sets with ``set_epoch`` before each epoch's iterator), and
 ``AtSize`` sets the crop transform's ``size`` in whichever process reads the item, then reads it.
 Each item knows its size, so no batch mixes two sizes and nothing is shared between processes.
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from .sharding import ShardSampler
+from .sharding import SeededShardSampler
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,9 @@ class ProgressiveResize:
         return [self.size_at(e) for e in range(max_epochs)]
 
 
-class SizedShardSampler(ShardSampler):
-    """A ``ShardSampler`` whose items are ``(index, size)``, ``size = size_at(epoch)`` (single indices
-    only: the ImageNet loader batches in the DataLoader)."""
+class SizedShardSampler(SeededShardSampler):
+    """A ``SeededShardSampler`` whose items are ``((index, seed), size)``, ``size = size_at(epoch)``
+    (single indices only: the ImageNet loader batches in the DataLoader)."""
 
     def __init__(self, n: int, *, schedule: ProgressiveResize, **kwargs) -> None:
         if kwargs.get("batch_size") is not None:
@@ -75,14 +76,14 @@ class SizedShardSampler(ShardSampler):
         super().__init__(n, **kwargs)
         self.schedule = schedule
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[tuple[int, int], int]]:
         size = self.schedule.size_at(self.epoch)
         for i in super().__iter__():
             yield i, size
 
 
 class AtSize(Dataset):
-    """``dataset[(i, size)]``: ``dataset.transform.size = size``, then ``dataset[i]``."""
+    """``dataset[(item, size)]``: ``dataset.transform.size = size``, then ``dataset[item]``."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -90,7 +91,7 @@ class AtSize(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]):
-        i, size = item
+    def __getitem__(self, item: tuple[tuple[int, int], int]):
+        item, size = item
         self.dataset.transform.size = size
-        return self.dataset[i]
+        return self.dataset[item]

@@ -30,6 +30,7 @@ of (seed, epoch), so mid-epoch resume stays exact with repeats on.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -146,6 +147,23 @@ class ShardSampler(DistributedSampler):
         if self.drop_last:
             return per_rank // self.batch_size
         return -(-per_rank // self.batch_size)
+
+
+class SeededShardSampler(ShardSampler):
+    """A training ``ShardSampler`` that yields ``(index, seed)``; the seed is a function of (seed, epoch, rank,
+    place in the epoch), and the data set (``folder.ImageFiles``, ``shards.ShardImages``) draws that image's
+    random crop and flip from it alone: the same whichever worker decodes it, whatever the loader had
+    prefetched when a checkpoint was written, and however many batches a resumed run skips. Without it the
+    crops follow the workers' RNG streams (or, with ``num_workers: 0``, the main process's, already advanced
+    by the prefetched batch when the checkpoint is written), and a resumed run's crops differ from the
+    uninterrupted run's (tests/test_shards.py, mid-epoch resume, folder and shards)."""
+
+    def __iter__(self) -> Iterator:
+        first = self.start  # items skipped (ShardSampler.__iter__ resets it)
+        if self.batch_size is not None:
+            raise ValueError("SeededShardSampler yields single indices (batch_size=None)")
+        for place, i in enumerate(super().__iter__(), start=first):
+            yield i, zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{place}".encode())
 
 
 class ResumableLoader(DataLoader):

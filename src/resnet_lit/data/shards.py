@@ -22,22 +22,13 @@ for a local folder; for a URL, LitData downloads each chunk once into its cache 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import random
 import tempfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Dataset
-
-from .decode import BadImageError, skipped_message
-from .sharding import ShardSampler
-
-log = logging.getLogger(__name__)
+from .folder import ImageFiles
 
 META_NAME = "resnet_lit_shards.json"
 FORMAT = "resnet-lit-shards"
@@ -107,24 +98,22 @@ def as_bytes(value: Any) -> bytes:
     return bytes(value)
 
 
-class ShardImages(Dataset):
+class ShardImages(ImageFiles):
     """``(uint8 image(s), label, bad)`` per sample of one split of a shards location, read by index.
 
-    The same contract as ``folder.ImageFiles``: ``transform(bytes, name)`` makes the image(s), and
-    with ``on_bad_image="skip"`` an unreadable sample is replaced by the next readable one with
-    ``bad`` = 1 (training learns from the stand-in, evaluation masks it). LitData's reader is opened
+    ``folder.ImageFiles`` with the bytes, label and name read from LitData's chunks instead of a file:
+    the same ``transform(bytes, name)``, the same ``(index, seed)`` items from ``SeededShardSampler``, the
+    same stand-in for an unreadable sample with ``on_bad_image="skip"``. LitData's reader is opened
     lazily in each process that reads (each DataLoader worker its own).
     """
 
     def __init__(self, location: str, split: str, transform: Callable[[bytes, str], Any], on_bad_image: str = "error",
                  cache_dir: str | None = None, length: int | None = None) -> None:
+        super().__init__([], transform, on_bad_image)
         self.location, self.split = location, split
-        self.transform = transform
-        self.on_bad_image = on_bad_image
         self.cache_dir = cache_dir
         self._reader: Any = None
         self._pid: int | None = None
-        self._seed: int | None = None
         self._len = length if length is not None else len(self.reader)
 
     @property
@@ -149,50 +138,12 @@ class ShardImages(Dataset):
         return as_bytes(item["image"]), int(item["label"]), f"{join(self.location, self.split)}:" + \
             as_bytes(item["path"]).decode()
 
-    def _read(self, i: int) -> tuple[Any, int]:
+    def _item(self, i: int) -> tuple[Any, int]:
         data, label, name = self.sample(i)
-        if self._seed is None:
-            return self.transform(data, name), label
-        state = random.getstate()  # the draws of this image only: the process's own streams stay as they were
-        random.seed(self._seed)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self._seed)
-                return self.transform(data, name), label
-        finally:
-            random.setstate(state)
+        return self.transform(data, name), label
 
-    def __getitem__(self, item: int | tuple[int, int]):
-        # (index, seed) from SeededShardSampler: the augmentation draws from that seed alone
-        i, self._seed = item if isinstance(item, tuple) else (item, None)
-        try:
-            return (*self._read(i), 0)
-        except BadImageError as exc:
-            if self.on_bad_image != "skip":
-                raise
-            log.warning("%s", skipped_message(exc))
-        for k in range(1, min(len(self), 100)):  # substitute the next readable image
-            try:
-                return (*self._read((i + k) % len(self)), 1)
-            except BadImageError:
-                continue
-        raise BadImageError(f"no readable image near index {i} of {len(self)} in {join(self.location, self.split)}")
-
-
-class SeededShardSampler(ShardSampler):
-    """A training ``ShardSampler`` that yields ``(index, seed)``: the seed is a function of (seed, epoch, rank,
-    place in the epoch), so each image's random crop and flip are too, whichever worker decodes it, whatever
-    the loader prefetched before a checkpoint, and however many batches a resumed run skips. Without it the
-    crops follow the workers' RNG streams (or, with ``num_workers: 0``, the main process's, already advanced by
-    the prefetched batch when the checkpoint is written), and a resumed run's crops differ from the
-    uninterrupted run's: measured, tests/test_shards.py."""
-
-    def __iter__(self) -> Iterator:
-        first = self.start  # items skipped (ShardSampler.__iter__ resets it)
-        if self.batch_size is not None:
-            raise ValueError("SeededShardSampler yields single indices (batch_size=None)")
-        for place, i in enumerate(super().__iter__(), start=first):
-            yield i, zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{place}".encode())
+    def _where(self) -> str:
+        return f" in {join(self.location, self.split)}"
 
 
 class ShardSource:

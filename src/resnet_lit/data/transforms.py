@@ -17,12 +17,13 @@ Two kinds, split by where they run:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,26 @@ def normalize_padded(x: torch.Tensor, mean: torch.Tensor, pad: int, out: torch.T
         out = torch.zeros(shape, dtype=torch.float32, device=x.device)
     out[:, :, pad : pad + h, pad : pad + w].copy_(x).div_(255).sub_(mean.to(x.device))
     return out
+
+
+@contextlib.contextmanager
+def seeded_draws(seed: int | None) -> Iterator[None]:
+    """Inside: Python's ``random`` and torch's CPU generator seeded with ``seed`` (one image's draws:
+    ``sharding.SeededShardSampler``); after: both streams as they were. ``seed`` None: nothing changes."""
+    if seed is None:
+        yield
+        return
+    # The CPU generator itself: torch.manual_seed also visits every accelerator backend (0.7 ms an image
+    # measured, against about 0.08 ms for all of this).
+    generator = torch.default_generator
+    state, torch_state = random.getstate(), generator.get_state()
+    random.seed(seed)
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        generator.set_state(torch_state)
 
 
 @functools.lru_cache(maxsize=8)
