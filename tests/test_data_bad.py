@@ -9,32 +9,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from bad_images import bad_files, write_tree
 from PIL import Image
 
 from resnet_lit.commands.imagenet_val import main as imagenet_val
 from resnet_lit.data import BadImageError, CIFARDataModule, ImageNetDataModule
-
-
-def write_tree(root: Path, jpegs: list[bytes], classes=("a", "b"), per_class: int = 3, splits=("train", "val")) -> Path:
-    k = 0
-    for split in splits:
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                (root / split / c / f"{i}.JPEG").write_bytes(jpegs[k % len(jpegs)])
-                k += 1
-    return root
-
-
-def bad_files(jpeg: bytes) -> dict[str, bytes]:
-    corrupt = bytearray(jpeg)
-    corrupt[20:400] = bytes(380)  # header kept, tables and scan start zeroed
-    return {
-        "truncated.JPEG": jpeg[: len(jpeg) // 2],
-        "zero.JPEG": b"",
-        "notes.JPEG": b"this is a text file, not an image\n" * 20,
-        "corrupt.JPEG": bytes(corrupt),
-    }
 
 
 def dm_for(root: Path, **kw) -> ImageNetDataModule:

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from bad_images import bad_files, write_tree
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -164,24 +165,6 @@ def test_grey_cmyk_and_png_named_jpeg_come_out_rgb(imagewoof_root, decode_cache)
 
 
 # ------------------------------------------------------------------ bad data, a real fit
-def write_tree(root: Path, jpegs: list[bytes], per_class: int = 5) -> Path:
-    k = 0
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                (root / split / c / f"{i}.JPEG").write_bytes(jpegs[k % len(jpegs)])
-                k += 1
-    return root
-
-
-def bad_files(jpeg: bytes) -> dict[str, bytes]:
-    corrupt = bytearray(jpeg)
-    corrupt[20:400] = bytes(380)
-    return {"truncated.JPEG": jpeg[: len(jpeg) // 2], "corrupt.JPEG": bytes(corrupt),  # fail at the batch decode
-            "zero.JPEG": b"", "notes.JPEG": b"not an image\n" * 20}  # fail in the worker
-
-
 @pytest.mark.parametrize("name", ["truncated.JPEG", "corrupt.JPEG", "zero.JPEG"])
 def test_decode_cpu_bad_file_error_names_it(tmp_path, woof_jpegs, name) -> None:
     root = write_tree(tmp_path, woof_jpegs, per_class=2)
@@ -199,8 +182,8 @@ def test_decode_cpu_skip_evaluates_each_readable_image_once(tmp_path, woof_jpegs
     path would decode at 1/4 size (draft), so both runs decode alike here: decode=cpu."""
     from resnet_lit.training.classifier import ImageClassifier
 
-    clean = write_tree(tmp_path / "clean", woof_jpegs)
-    root = write_tree(tmp_path / "bad", woof_jpegs)
+    clean = write_tree(tmp_path / "clean", woof_jpegs, per_class=5)
+    root = write_tree(tmp_path / "bad", woof_jpegs, per_class=5)
     for i, (name, data) in enumerate(bad_files(woof_jpegs[0]).items()):
         (root / "val" / "ab"[i % 2] / f"{i}{name}").write_bytes(data)
     torch.manual_seed(0)
