@@ -153,6 +153,46 @@ def test_shards_read_as_the_folder_path(tree: Path, shards: Path, tmp_path: Path
         assert sum(len(y) for _, y in a) == n and _equal(a, b), split
 
 
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A local S3 (moto's server on a free port) that boto3, and so LitData, reach through ``AWS_ENDPOINT_URL``;
+    the environment reaches DataLoader workers too."""
+    server_mod = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    yield boto3.client("s3")
+    server.stop()
+
+
+def test_shards_read_from_s3_as_from_the_folder(shards: Path, tmp_path: Path, s3_server) -> None:
+    """The shards copied to an S3 bucket (moto's local server) give the local shards' batches to the bit,
+    training ones read by 2 workers included; a wrong URL is one line naming it."""
+    s3_server.create_bucket(Bucket="woof")
+    for f in shards.rglob("*"):
+        if f.is_file():
+            s3_server.upload_file(str(f), "woof", f"imagenet/{f.relative_to(shards)}")
+    kw = dict(batch_size=4, eval_batch_size=4, test_mode="flip")
+    local = ImageNetDataModule(shards=str(shards), num_workers=0, **kw)
+    remote = ImageNetDataModule(shards="s3://woof/imagenet", cache_dir=str(tmp_path / "cache" / "s3"),
+                                num_workers=2, **kw)
+    assert remote.classes == local.classes
+    for stage in ("fit", "test"):
+        local.setup(stage)
+        remote.setup(stage)
+    for split, n in (("val", VAL * CLASSES), ("test", VAL * CLASSES), ("train", TRAIN * CLASSES)):
+        a, b = _seeded_batches(local, split), _seeded_batches(remote, split)
+        assert sum(len(y) for _, y in a) == n and _equal(a, b), split
+    for url in ("s3://no-such-bucket/imagenet", "s3://woof/elsewhere"):
+        with pytest.raises(FileNotFoundError, match=rf"cannot read {url}/{META_NAME} .*resnet-lit shards") as exc:
+            ImageNetDataModule(shards=url, cache_dir=str(tmp_path / "cache" / "bad")).classes
+        assert "\n" not in str(exc.value)
+
+
 def _small(shards: Path, run: Path, source: list[str] | None = None) -> list[str]:
     # The CIFAR ResNet-20 at width 0.25 on 64-px crops of real photographs: a real ImageNet-path run in seconds.
     # ``source``: other --data arguments in place of the shards read in the main process.

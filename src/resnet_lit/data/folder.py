@@ -253,15 +253,15 @@ class ImageFiles(Dataset):
         s = self.samples[i]
         return s if isinstance(s, str) else s[0]
 
-    def _item(self, i: int) -> tuple[Any, Any]:
-        """``(image(s), target)`` of sample ``i``; ``BadImageError`` when it cannot be read."""
+    def _read(self, i: int) -> tuple[bytes, str, Any]:
+        """``(file bytes, name for messages, target)`` of sample ``i``; ``BadImageError`` when it cannot be read."""
         path = self._path(i)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
             raise BadImageError(bad_image_message(path, f"cannot read it ({exc})")) from exc
-        return self.transform(data, path), self._target(i)
+        return data, path, self._target(i)
 
     def _where(self) -> str:
         """Where the samples are, for the message when none near an index can be read ('' for files)."""
@@ -270,8 +270,11 @@ class ImageFiles(Dataset):
     def _seeded_item(self, i: int, seed: int | None) -> tuple[Any, Any]:
         if hasattr(self.transform, "seed"):  # decode cpu|gpu: the draws happen after the batch decode
             self.transform.seed = seed
+        # Read first, outside the seeded streams: only the transform's draws are the image's (a storage
+        # client may draw random numbers too: boto3 does for its retries).
+        data, name, target = self._read(i)
         with seeded_draws(seed):
-            return self._item(i)
+            return self.transform(data, name), target
 
     def __getitem__(self, item: int | tuple[int, int]):
         i, seed = item if isinstance(item, tuple) else (item, None)

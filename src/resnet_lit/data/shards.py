@@ -15,8 +15,8 @@ Samples are read by index (``StreamingDataset.__getitem__``) under the project's
 ``ShardSampler`` / ``ResumableLoader`` (data/sharding.py), not through LitData's own
 shuffling, distributed split and loader state, because those do not give exact evaluation counts
 or exact mid-epoch resume (measured: docs/data.md, "Shards"). Chunks are memory-mapped in place
-for a local folder; for a URL, LitData downloads each chunk once into its cache directory
-(``cache_dir``) and reads it there.
+for a local folder; for a URL, LitData (0.2.76) keeps only ``index.json`` in ``cache_dir`` and reads
+each sample with two HTTP range requests, every epoch (counted: docs/data.md, "Object storage").
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def read_meta(location: str, cache_dir: str | None = None) -> dict[str, Any]:
         require_litdata()
         from litdata.streaming.fs_provider import _get_fs_provider
 
-        local = Path(cache_dir or tempfile.gettempdir()) / f"resnet_lit_shards_meta_{os.getpid()}.json"
+        local = Path(cache_dir or tempfile.gettempdir()).expanduser() / f"resnet_lit_shards_meta_{os.getpid()}.json"
+        local.parent.mkdir(parents=True, exist_ok=True)  # a cache_dir not made yet: the first run's
         try:
             _get_fs_provider(path).download_file(path, str(local))
         except Exception as exc:
@@ -138,9 +139,9 @@ class ShardImages(ImageFiles):
         return as_bytes(item["image"]), int(item["label"]), f"{join(self.location, self.split)}:" + \
             as_bytes(item["path"]).decode()
 
-    def _item(self, i: int) -> tuple[Any, int]:
+    def _read(self, i: int) -> tuple[bytes, str, int]:
         data, label, name = self.sample(i)
-        return self.transform(data, name), label
+        return data, name, label
 
     def _where(self) -> str:
         return f" in {join(self.location, self.split)}"
