@@ -175,7 +175,7 @@ class ImageNetDataModule(ImageDataModule):
                 or a URL LitData reads, e.g. ``s3://bucket/imagenet-shards``): the same images in the same
                 order, read by index under the same samplers (data/shards.py; needs
                 ``pip install 'resnet-lit[shards]'``). ``scan`` does nothing there (the converter checked
-                every image); ``cache_dir`` is where LitData keeps the chunks of a URL.
+                every image); ``cache_dir`` is where LitData keeps a URL's ``index.json``.
         """
         super().__init__()
         self.save_hyperparameters()
