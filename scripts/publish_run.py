@@ -4,6 +4,7 @@
         --recipe configs/cifar10/resnet20.yaml configs/trainer/cpu.yaml \
         --train-config configs/experiments/cifar10/resnet20_cpu.yaml \
         --commit 9af44f4 --log /work/runs/cifar10-resnet20-cpu.log
+    (--fit-args "--trainer.max_steps 9750": command-line arguments the fit had after its configs)
 
 writes, from the run directory and the shipped commands only:
   config.yaml       the resolved configuration the run saved
@@ -30,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -89,12 +91,12 @@ def wall_seconds(logs: list[Path]) -> float | None:
     return total if found else None
 
 
-def evaluate(recipe: list[str], weights: Path) -> tuple[float, list[str]]:
+def evaluate(recipe: list[str], weights: Path, extra: tuple[str, ...] = ()) -> tuple[float, list[str]]:
     """The published test command, run as a user would; returns test/error and the command."""
     cmd = ["resnet-lit", "test"]
     for c in recipe:
         cmd += ["--config", c]
-    cmd += ["--model.init_weights", str(weights)]
+    cmd += ["--model.init_weights", str(weights), *extra]
     with tempfile.TemporaryDirectory() as tmp:
         out = run(cmd + ["--run_dir", tmp])
         rows = [r for r in read_metrics(next(Path(tmp).rglob("metrics.csv"))) if r.get("test/error")]
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="results/<name>")
     p.add_argument("--recipe", nargs="+", required=True, help="configs the test command composes (recipe, overlay)")
     p.add_argument("--train-config", nargs="*", default=[], help="further configs the fit composed (after --recipe)")
+    p.add_argument("--fit-args", default="", help="arguments the fit had after its configs, as one string")
     p.add_argument("--commit", required=True, help="the code commit the run was started from")
     p.add_argument("--log", type=Path, nargs="*", default=[], help="the run's stdout log(s), one per start (wall time)")
     p.add_argument("--notes", default="", help="free text for the card (load on the machine, interruptions)")
@@ -135,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "SHA256SUMS").write_text(f"{digest}  {weights.name}\n")
     run(["resnet-lit", "report", str(args.run_dir), "--out", str(args.out / "report"), "--ylim", "0", "20"])
     test_error, test_cmd = evaluate(args.recipe, weights)
+    test_mode = config["data"]["init_args"].get("test_mode", "center")
+    # with another test mode (flip averaging), also the plain centre figure create_model(...) gives
+    centre = None if test_mode == "center" else evaluate(args.recipe, weights, ("--data.test_mode", "center"))[0]
 
     rows = read_metrics(args.run_dir / "metrics.csv")
     val = column(rows, "val/error")
@@ -143,11 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     drops = [s for (s, v), (_, prev) in zip(lr[1:], lr[:-1]) if v < prev * 0.5]
     wall = wall_seconds(args.log)
     fit_cmd = ["resnet-lit", "fit"] + [a for c in args.recipe + args.train_config for a in ("--config", c)]
+    fit_cmd += shlex.split(args.fit_args)
+    schedule, model_cfg = config["model"]["schedule"], config["model"]
+    batch = int(config["data"]["init_args"]["batch_size"])
     result = {
         "arch": arch, "dataset": "cifar10-jpeg (../shared/data, JPEG q75 4:2:0 rendition of CIFAR-10)",
-        "steps": step, "max_steps": max_steps, "milestones": config["model"]["schedule"]["milestones"],
-        "lr_drops_logged_at": drops,
+        "steps": step, "max_steps": max_steps, "images": step * batch, "batch_size": batch,
+        "schedule": {k: schedule.get(k) for k in ("kind", "milestones", "warmup_steps", "warmup_mode",
+                                                  "warmup_factor")},
+        "milestones": schedule["milestones"] if schedule.get("kind", "step") == "step" else [],
+        "lr_drops_logged_at": drops, "optimizer": model_cfg["optimizer"],
+        "label_smoothing": model_cfg.get("label_smoothing", 0.0), "ema": model_cfg.get("ema"),
         "test_error": test_error, "test_command": " ".join(test_cmd),
+        "test_mode": test_mode, "test_error_centre": centre if centre is not None else test_error,
         "last_val_error": val[-1][1] if val else None, "last_val_step": val[-1][0] if val else None,
         "validations": len(val), "paper_error": PAPER.get(arch),
         "fit_command": " ".join(fit_cmd), "seed": config.get("seed_everything"), "commit": args.commit,
@@ -183,9 +197,13 @@ def update_results_table(results: Path, docs: Path) -> None:
         hw = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
         wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "—"
         paper = f"{r['paper_error']:.2f}" if r.get("paper_error") is not None else "—"
+        kind = (r.get("schedule") or {}).get("kind", "step")
+        mode = r.get("test_mode", "center")
+        how = "" if mode == "center" else f" ({mode}; centre {r['test_error_centre']:.2f})"
         lines.append(
-            f"| [{name}]({link}/) | {r['arch']} | {r['dataset'].split(' ')[0]} | {r['steps']:,} it, {r['precision']} "
-            f"| **{r['test_error']:.2f}** | {paper} | {hw} | {wall} | [{r['weights']}]({link}/{r['weights']}) |"
+            f"| [{name}]({link}/) | {r['arch']} | {r['dataset'].split(' ')[0]} | {r['steps']:,} it, {kind} lr, "
+            f"{r['precision']} | **{r['test_error']:.2f}**{how} | {paper} | {hw} | {wall} "
+            f"| [{r['weights']}]({link}/{r['weights']}) |"
         )
     lines.append(END)
     text = docs.read_text() if docs.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
@@ -196,12 +214,45 @@ def update_results_table(results: Path, docs: Path) -> None:
     print(f"updated the table in {docs}")
 
 
+def schedule_text(r: dict) -> str:
+    """The schedule and its ingredients in one sentence, from results.json."""
+    steps = f"Schedule: {r['max_steps']:,} iterations of {r.get('batch_size', 128)} images"
+    if r.get("images"):
+        steps += f" ({r['images'] / 1e6:.2f} M images)"
+    sched = r.get("schedule") or {"kind": "step", "milestones": r["milestones"]}
+    opt = r.get("optimizer") or {"lr": 0.1}
+    if sched.get("kind", "step") == "step":
+        milestones = " and ".join(f"{m:,}" for m in sched["milestones"])
+        drops = ", ".join(f"{s:,}" for s in r["lr_drops_logged_at"]) or "none"
+        text = (f"{steps}, lr {opt['lr']} divided by 10 at iterations {milestones} (the lr column, logged "
+                f"every 50 steps, first shows the drops at steps {drops})")
+    else:
+        text = f"{steps}, lr {opt['lr']} on a {sched['kind']} schedule"
+    if sched.get("warmup_steps"):
+        text += (f" after {sched['warmup_steps']:,} steps of {sched.get('warmup_mode', 'linear')} warm-up "
+                 f"from {sched.get('warmup_factor')} x")
+    extras = []
+    if opt.get("name"):
+        nesterov = " (Nesterov)" if (opt.get("args") or {}).get("nesterov") else ""
+        extras.append(f"{opt['name']}{nesterov}, momentum {opt.get('momentum')}, "
+                      f"weight decay {opt.get('weight_decay')}")
+    if r.get("label_smoothing"):
+        extras.append(f"label smoothing {r['label_smoothing']}")
+    if r.get("ema"):
+        extras.append(f"EMA of the weights (decay {r['ema'].get('decay')}, warm-up power "
+                      f"{r['ema'].get('warmup_power')}; evaluated and published: the average)")
+    return text + ("; " + ", ".join(extras) if extras else "")
+
+
 def card(r: dict, out: Path) -> str:
     hours = f"{r['wall_s'] / 60:.0f} minutes" if r["wall_s"] else "not recorded"
     paper = f"{r['paper_error']:.2f} %" if r["paper_error"] is not None else "—"
     figure = next(iter(sorted((out / "report").glob("*.png"))), None)
-    drops = ", ".join(f"{s:,}" for s in r["lr_drops_logged_at"]) or "none"
-    milestones = " and ".join(f"{m:,}" for m in r["milestones"])
+    flags = ", ".join(r["machine"]["flags"]) or "no AVX-512, no bf16 instructions"
+    precision = "bf16 autocast" if "bf16" in str(r["precision"]) else "32-bit"
+    test_how = ("" if r.get("test_mode", "center") == "center" else
+                f" with {r['test_mode']} averaging (the image and its mirror image; the centre image alone: "
+                f"{r['test_error_centre']:.2f} %, as `create_model` below gives it)")
     return f"""# {r['arch']} on CIFAR-10 ({r['dataset'].split(' ')[0]}), trained on a CPU by `resnet-lit fit`
 
 | | ours | paper (He et al. 2015, Table 6) |
@@ -212,13 +263,12 @@ The data differ: ours is `../shared/data/cifar10-jpeg`, a JPEG rendition (qualit
 resolution) of CIFAR-10's images; the paper used the original pixels. docs/results.md discusses the gap.
 
 - **Test error {r['test_error']:.2f} %**: the weights below at the end of the schedule (step {r['steps']:,} of
-  {r['max_steps']:,}), evaluated in 32-bit by the command below. The run's own last validation
-  (bf16 autocast, step {r['last_val_step']:,}) read {r['last_val_error']:.2f} %.
-- Schedule: {r['max_steps']:,} iterations of 128 images, lr 0.1 divided by 10 at iterations {milestones}
-  (the lr column, logged every 50 steps, first shows the drops at steps {drops});
+  {r['max_steps']:,}), evaluated in 32-bit by the command below{test_how}. The run's own last validation
+  ({precision}, step {r['last_val_step']:,}) read {r['last_val_error']:.2f} %.
+- {schedule_text(r)};
   {r['validations']} validations on the test set (`metrics.csv`). Precision `{r['precision']}`.
 - Wall time {hours} for the whole fit; median training throughput {r['images_per_s_median']} images/s.
-- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores ({', '.join(r['machine']['flags'])}), no GPU;
+- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores ({flags}), no GPU;
   Python {r['versions']['python']}, torch {r['versions']['torch']}, lightning {r['versions']['lightning']}.
 {('- ' + r['notes']) if r['notes'] else ''}
 
