@@ -193,6 +193,40 @@ def test_shards_read_from_s3_as_from_the_folder(shards: Path, tmp_path: Path, s3
         assert "\n" not in str(exc.value)
 
 
+def test_a_url_start_that_finds_no_index_yet_is_tried_again(monkeypatch) -> None:
+    """Seen once in the full suite under load: a DataLoader worker's StreamingDataset found the shared
+    cache without index.json while the other worker was still fetching it, and failed. Such a start is
+    tried again for up to ``wait_s``; other errors, and local folders, fail at once."""
+    import litdata
+
+    from resnet_lit.data.shards import _open_streaming_dataset
+
+    missing = "The provided dataset `/cache/x` doesn't contain any index.json file."
+    calls = []
+
+    def flaky(url, **kw):
+        calls.append(url)
+        if len(calls) < 3:
+            raise ValueError(missing)
+        return "opened"
+
+    monkeypatch.setattr(litdata, "StreamingDataset", flaky)
+    assert _open_streaming_dataset("s3://b/x/val", None) == "opened" and len(calls) == 3
+    calls.clear()
+    def never(url, **kw):
+        calls.append(url)
+        raise ValueError(missing)
+
+    monkeypatch.setattr(litdata, "StreamingDataset", never)
+    with pytest.raises(ValueError, match="index.json"):
+        _open_streaming_dataset("s3://b/x/val", None, wait_s=0.2)
+    assert len(calls) > 1
+    calls.clear()
+    with pytest.raises(ValueError, match="index.json"):
+        _open_streaming_dataset("/local/shards/val", None)
+    assert len(calls) == 1
+
+
 def _small(shards: Path, run: Path, source: list[str] | None = None) -> list[str]:
     # The CIFAR ResNet-20 at width 0.25 on 64-px crops of real photographs: a real ImageNet-path run in seconds.
     # ``source``: other --data arguments in place of the shards read in the main process.

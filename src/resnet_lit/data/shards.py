@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,27 @@ def as_bytes(value: Any) -> bytes:
     return bytes(value)
 
 
+def _open_streaming_dataset(url: str, cache_dir: str | None, wait_s: float = 60.0) -> Any:
+    """``litdata.StreamingDataset`` of one split, read one item at a time (``batch_decode=0``: the default
+    decodes a window of 256 items around each read, for streaming).
+
+    For a URL, LitData fetches ``index.json`` into a cache directory that every rank and DataLoader worker
+    of a node shares, and a process that starts while another is still setting that directory up can find
+    it without the index and fail ("doesn't contain any index.json"; seen once in the full test suite under
+    load, two workers starting together). ``ShardImages`` opens a URL in the main process first, so its
+    workers find the index in place; ranks starting together still can race, so such a start is tried
+    again until ``wait_s`` has passed."""
+    litdata = require_litdata()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return litdata.StreamingDataset(url, cache_dir=cache_dir, batch_decode=0)
+        except ValueError as exc:
+            if not is_url(url) or "index.json" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class ShardImages(ImageFiles):
     """``(uint8 image(s), label, bad)`` per sample of one split of a shards location, read by index.
 
@@ -115,15 +137,13 @@ class ShardImages(ImageFiles):
         self.cache_dir = cache_dir
         self._reader: Any = None
         self._pid: int | None = None
-        self._len = length if length is not None else len(self.reader)
+        # A URL's index.json is fetched into cache_dir here, in the main process, before any worker starts.
+        self._len = length if length is not None and not is_url(location) else len(self.reader)
 
     @property
     def reader(self) -> Any:
         if self._reader is None or self._pid != os.getpid():  # one per process: never a forked parent's handles
-            litdata = require_litdata()
-            # batch_decode=0: one item per read (the default decodes a window of 256 around it, for streaming)
-            self._reader = litdata.StreamingDataset(join(self.location, self.split), cache_dir=self.cache_dir,
-                                                    batch_decode=0)
+            self._reader = _open_streaming_dataset(join(self.location, self.split), self.cache_dir)
             self._pid = os.getpid()
         return self._reader
 
