@@ -63,7 +63,7 @@ def read_meta(location: str, cache_dir: str | None = None) -> dict[str, Any]:
         from litdata.streaming.fs_provider import _get_fs_provider
 
         local = Path(cache_dir or tempfile.gettempdir()).expanduser() / f"resnet_lit_shards_meta_{os.getpid()}.json"
-        local.parent.mkdir(parents=True, exist_ok=True)  # a cache_dir not made yet: the first run's
+        local.parent.mkdir(parents=True, exist_ok=True)  # a cache_dir not made yet (a first run)
         try:
             _get_fs_provider(path).download_file(path, str(local))
         except Exception as exc:
@@ -137,8 +137,9 @@ class ShardImages(ImageFiles):
         self.cache_dir = cache_dir
         self._reader: Any = None
         self._pid: int | None = None
-        # A URL's index.json is fetched into cache_dir here, in the main process, before any worker starts.
-        self._len = length if length is not None and not is_url(location) else len(self.reader)
+        if is_url(location):  # fetch index.json into cache_dir now, in the main process, before any worker
+            _ = self.reader
+        self._len = length if length is not None else len(self.reader)
 
     @property
     def reader(self) -> Any:
