@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         "steps": step, "max_steps": max_steps, "images": step * batch, "batch_size": batch,
         "schedule": {k: schedule.get(k) for k in ("kind", "milestones", "warmup_steps", "warmup_mode",
                                                   "warmup_factor")},
-        "milestones": schedule["milestones"] if schedule.get("kind", "step") == "step" else [],
         "lr_drops_logged_at": drops, "optimizer": model_cfg["optimizer"],
         "label_smoothing": model_cfg.get("label_smoothing", 0.0), "ema": model_cfg.get("ema"),
         "test_error": test_error, "test_command": " ".join(test_cmd),

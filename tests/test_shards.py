@@ -213,6 +213,7 @@ def test_a_url_start_that_finds_no_index_yet_is_tried_again(monkeypatch) -> None
     monkeypatch.setattr(litdata, "StreamingDataset", flaky)
     assert _open_streaming_dataset("s3://b/x/val", None) == "opened" and len(calls) == 3
     calls.clear()
+
     def never(url, **kw):
         calls.append(url)
         raise ValueError(missing)

@@ -253,15 +253,15 @@ class ImageFiles(Dataset):
         s = self.samples[i]
         return s if isinstance(s, str) else s[0]
 
-    def _read(self, i: int) -> tuple[bytes, str, Any]:
-        """``(file bytes, name for messages, target)`` of sample ``i``; ``BadImageError`` when it cannot be read."""
+    def _read(self, i: int) -> tuple[bytes, Any, str]:
+        """``(file bytes, target, name for messages)`` of sample ``i``; ``BadImageError`` when it cannot be read."""
         path = self._path(i)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
             raise BadImageError(bad_image_message(path, f"cannot read it ({exc})")) from exc
-        return data, path, self._target(i)
+        return data, self._target(i), path
 
     def _where(self) -> str:
         """Where the samples are, for the message when none near an index can be read ('' for files)."""
@@ -272,7 +272,7 @@ class ImageFiles(Dataset):
             self.transform.seed = seed
         # Read first, outside the seeded streams: only the transform's draws are the image's (a storage
         # client may draw random numbers too: boto3 does for its retries).
-        data, name, target = self._read(i)
+        data, target, name = self._read(i)
         with seeded_draws(seed):
             return self.transform(data, name), target
 

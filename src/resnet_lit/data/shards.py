@@ -160,9 +160,7 @@ class ShardImages(ImageFiles):
         return as_bytes(item["image"]), int(item["label"]), f"{join(self.location, self.split)}:" + \
             as_bytes(item["path"]).decode()
 
-    def _read(self, i: int) -> tuple[bytes, str, int]:
-        data, label, name = self.sample(i)
-        return data, name, label
+    _read = sample  # ImageFiles reads a sample through this
 
     def _where(self) -> str:
         return f" in {join(self.location, self.split)}"
