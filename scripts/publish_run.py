@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     val = column(rows, "val/error")
     ips = [v for _, v in column(rows, "train/images_per_s")]
     lr = column(rows, "lr") or column(rows, "lr-SGD/backbone") or column(rows, "lr-SGD")
+    # a step schedule's milestones and the steps where the lr column shows them; a cosine one has neither
+    step_decay = config["model"]["schedule"].get("kind", "step") == "step"
     drops = [s for (s, v), (_, prev) in zip(lr[1:], lr[:-1]) if v < prev * 0.5]
     wall = wall_seconds(args.log)
     fit_cmd = ["resnet-lit", "fit"] + [a for c in args.recipe + args.train_config for a in ("--config", c)]
@@ -156,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "arch": arch, "dataset": "cifar10-jpeg (../shared/data, JPEG q75 4:2:0 rendition of CIFAR-10)",
         "steps": step, "max_steps": max_steps, "images": step * batch, "batch_size": batch,
         "schedule": {k: schedule.get(k) for k in ("kind", "milestones", "warmup_steps", "warmup_mode",
-                                                  "warmup_factor")},
-        "lr_drops_logged_at": drops, "optimizer": model_cfg["optimizer"],
+                                                  "warmup_factor") if k != "milestones" or step_decay},
+        **({"lr_drops_logged_at": drops} if step_decay else {}), "optimizer": model_cfg["optimizer"],
         "label_smoothing": model_cfg.get("label_smoothing", 0.0), "ema": model_cfg.get("ema"),
         "test_error": test_error, "test_command": " ".join(test_cmd),
         "test_mode": test_mode, "test_error_centre": centre if centre is not None else test_error,

@@ -69,6 +69,8 @@ def test_metrics_show_the_whole_schedule(run: Path):
             expected = base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (max_steps - warmup)))
         assert lr == pytest.approx(expected, rel=1e-5, abs=1e-9), (step, lr, expected)
     assert lrs[-1][0] >= max_steps - 100  # logged to the end (every 50 steps)
+    if schedule.get("kind", "step") != "step":  # the card claims no milestones or lr drops of a cosine run
+        assert "milestones" not in card.get("schedule", {}) and "lr_drops_logged_at" not in card
     # one validation per epoch, each at a later step than the one before: no gap, no repeat
     val_steps = [int(r["step"]) for r in rows if r.get("val/error")]
     per_epoch = 50_000 // config["data"]["init_args"]["batch_size"]
