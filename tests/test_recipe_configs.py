@@ -103,29 +103,34 @@ def test_the_recipe_comparison_quotes_its_logs():
     assert recipe["model"]["ema"] == {k: fast["model"]["ema"][k] for k in recipe["model"]["ema"]}
 
 
-def test_the_25_epoch_evidence_quotes_the_published_runs():
-    """docs/recipes.md's 25-epoch table: the validation and test figures are the published runs' own
-    (results/), and the run is the recipe with only max_steps changed."""
+@pytest.mark.parametrize("epochs, run, prefix, quoted_epochs", [
+    (25, "cifar10-resnet20-fast25-cpu", "| fast recipe, 25 epochs", (5, 10, 15, 20, 25)),
+    (40, "cifar10-resnet20-fast40-cpu", "| fast recipe, 40 epochs", (10, 20, 30, 40)),
+])
+def test_the_cut_schedule_evidence_quotes_the_published_runs(epochs, run, prefix, quoted_epochs):
+    """docs/recipes.md's 25- and 40-epoch tables: the validation and test figures are the published
+    runs' own (results/), and each run is the recipe with only max_steps changed."""
     import csv
     import json
 
     doc = (REPO / "docs" / "recipes.md").read_text()
-    for run, prefix in (("cifar10-resnet20-fast25-cpu", "| fast recipe, 25 epochs"),
-                        ("cifar10-resnet20-cpu", "| paper recipe, whole schedule")):
-        folder = REPO / "results" / run
+    section = doc[doc.index(f"## Evidence: the fast recipe cut to {epochs} epochs"):]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    for folder_name, line_prefix in ((run, prefix), ("cifar10-resnet20-cpu", "| paper recipe, whole schedule")):
+        folder = REPO / "results" / folder_name
         card = json.loads((folder / "results.json").read_text())
         val = {int(r["step"]): float(r["val/error"]) for r in csv.DictReader(open(folder / "metrics.csv"))
                if r.get("val/error")}
-        quoted = ", ".join(f"{val[390 * epoch - 1]:.2f}" for epoch in (5, 10, 15, 20, 25))
-        line = next(line for line in doc.splitlines() if line.startswith(prefix))
+        quoted = ", ".join(f"{val[390 * epoch - 1]:.2f}" for epoch in quoted_epochs)
+        line = next(line for line in section.splitlines() if line.startswith(line_prefix))
         assert quoted in line and f"**{card['test_error']:.2f}**" in line, (line, quoted)
         assert f"{card['images'] / 1e6:.2f} M" in line if "images" in card else "8.19 M" in line
-    fast = json.loads((REPO / "results" / "cifar10-resnet20-fast25-cpu" / "results.json").read_text())
-    assert f"{fast['test_error_centre']:.2f} (centre)" in doc
-    config = yaml.safe_load((REPO / "results" / "cifar10-resnet20-fast25-cpu" / "config.yaml").read_text())
+    fast = json.loads((REPO / "results" / run / "results.json").read_text())
+    assert f"{fast['test_error_centre']:.2f} (centre)" in section
+    config = yaml.safe_load((REPO / "results" / run / "config.yaml").read_text())
     recipe = yaml.safe_load((REPO / "configs" / "recipes" / "cifar10_resnet20_fast.yaml").read_text())
-    assert config["trainer"]["max_steps"] == 9750 == 25 * 390
-    for key in ("label_smoothing", "ema"):
+    assert config["trainer"]["max_steps"] == epochs * 390
+    for key in ("label_smoothing", "ema", "optimizer"):
         assert config["model"][key] == recipe["model"][key] or all(
             config["model"][key][k] == v for k, v in recipe["model"][key].items())
     assert config["model"]["schedule"]["kind"] == "cosine" and config["data"]["init_args"]["test_mode"] == "flip"
