@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     val = column(rows, "val/error")
     ips = [v for _, v in column(rows, "train/images_per_s")]
     lr = column(rows, "lr") or column(rows, "lr-SGD/backbone") or column(rows, "lr-SGD")
+    schedule, model_cfg = config["model"]["schedule"], config["model"]
     # a step schedule's milestones and the steps where the lr column shows them; a cosine one has neither
-    step_decay = config["model"]["schedule"].get("kind", "step") == "step"
-    drops = [s for (s, v), (_, prev) in zip(lr[1:], lr[:-1]) if v < prev * 0.5]
+    step_decay = schedule.get("kind", "step") == "step"
+    drops = [s for (s, v), (_, prev) in zip(lr[1:], lr[:-1]) if v < prev * 0.5] if step_decay else []
     wall = wall_seconds(args.log)
     fit_cmd = ["resnet-lit", "fit"] + [a for c in args.recipe + args.train_config for a in ("--config", c)]
     fit_cmd += shlex.split(args.fit_args)
-    schedule, model_cfg = config["model"]["schedule"], config["model"]
     batch = int(config["data"]["init_args"]["batch_size"])
     result = {
         "arch": arch, "dataset": "cifar10-jpeg (../shared/data, JPEG q75 4:2:0 rendition of CIFAR-10)",
