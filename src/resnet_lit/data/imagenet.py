@@ -66,6 +66,7 @@ class ImageNetDataModule(ImageDataModule):
         root: str | None = None,
         batch_size: int = 256,
         augmentation: Literal["paper", "modern"] = "paper",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
         lighting: float = 0.1,
         normalization: Literal["mean_std", "mean"] = "mean_std",
         test_mode: Literal["center", "flip", "ten_crop", "multi_scale"] = "center",
@@ -105,6 +106,8 @@ class ImageNetDataModule(ImageDataModule):
             batch_size: images per device per step (the paper: 256 in total).
             augmentation: "paper": shorter side resized to a random S in [256, 480], random 224
                 crop, flip, PCA colour noise; "modern": RandomResizedCrop 224 (8-100 % area) and flip.
+            crop_scale: the "modern" crop's share of the image area, (min, max): torchvision and timm
+                (0.08, 1.0); fast.ai's Imagenette/Imagewoof recipes (0.35, 1.0), milder for short runs.
             lighting: std of AlexNet's PCA colour noise in training (the paper: 0.1; 0 turns it off).
             normalization: "mean_std": subtract ImageNet's channel mean and divide by its std (what
                 torchvision's weights expect); "mean": subtract the mean only (the paper).
@@ -195,6 +198,10 @@ class ImageNetDataModule(ImageDataModule):
         augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
         epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
         check_alphas(mixup_alpha, cutmix_alpha)
+        lo, hi = (float(v) for v in crop_scale)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale {list(crop_scale)}: give (min, max) area shares with 0 < min <= max <= 1, "
+                             "e.g. [0.08, 1.0]")
         if decode not in DECODE_CHOICES:
             raise ValueError(f"decode {decode!r}: use one of {', '.join(DECODE_CHOICES)}")
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -284,7 +291,7 @@ class ImageNetDataModule(ImageDataModule):
         if hp.augmentation == "paper":
             crop = PaperTrainTransform(size, reference_size=224)
         else:
-            crop = ModernTrainTransform(size)
+            crop = ModernTrainTransform(size, scale=tuple(hp.get("crop_scale", (0.08, 1.0))))
         policy = augment_policy(hp.auto_augment, hp.auto_augment_magnitude, hp.random_erasing,
                                 fill=mean_fill(IMAGENET_MEAN))
         return crop if policy is None else PolicyAfter(crop, policy)
