@@ -42,6 +42,8 @@ def small_fit_args(
     args += ["--data.subset", str(subset), "--data.batch_size", str(batch_size)]
     if width is not None:
         args += ["--model.width", str(width)]
+    # steps are this test's own, not the recipe's iterations at batch 128 (schedule.steps_at_batch)
+    args += ["--model.schedule.steps_at_batch", "null"]
     args += ["--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1", "--run_dir", str(run_dir)]
     return [*args, *extra]
 

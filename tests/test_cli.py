@@ -281,6 +281,7 @@ def test_a_gpu_recipe_on_a_cpu_says_what_to_add(cache_dir, tmp_path, capsys, mon
     """The README's first command on a machine without a GPU: it runs, and says how to run faster."""
     monkeypatch.setattr("resnet_lit.runs.console._cpu_has_bf16", lambda: False)  # as on a CPU without bf16 instructions
     no_steps = ["--data.subset", "64", "--data.cache_dir", str(cache_dir), "--trainer.max_steps", "0",
+                "--model.schedule.steps_at_batch", "null",
                 "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     main(["fit", "--config", "configs/cifar10/resnet20.yaml", "--trainer.accelerator", "cpu", *no_steps,
           "--run_dir", str(tmp_path / "gpu_recipe")])

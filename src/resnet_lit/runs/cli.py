@@ -15,6 +15,7 @@ with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
@@ -45,6 +46,7 @@ from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.nonfinite import NonFiniteLossError
+from resnet_lit.training.schedules import check_warmup, global_batch_size
 
 # Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
 TOOLS = {
@@ -52,6 +54,7 @@ TOOLS = {
     "report": "resnet_lit.commands.report:main",
     "imagenet-val": "resnet_lit.commands.imagenet_val:main",
     "shards": "resnet_lit.commands.shards:main",
+    "plan": "resnet_lit.commands.plan:main",
 }
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Forced callbacks a run may leave out (--callbacks_off); the others make resume exact.
@@ -195,6 +198,8 @@ class ResNetCLI(LightningCLI):
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         off = {id(config[key]) for key in config.get("callbacks_off") or []}
         trainer.callbacks = [c for c in trainer.callbacks if id(c) not in off]
+        if self.subcommand == "fit":
+            _at_scale(trainer, self.model, self.datamodule)
         return trainer
 
     def before_fit(self) -> None:
@@ -211,6 +216,54 @@ class ResNetCLI(LightningCLI):
             self.model.load_init_weights(num_classes_change="error")
 
     before_validate = before_test = before_predict = _evaluate_init_weights
+
+
+def _at_scale(trainer: Trainer, model: ImageClassifier, datamodule: LightningDataModule) -> None:
+    """The recipe at this job's global batch: a large batch without warm-up is refused in one line, and
+    ``trainer.max_steps`` stated at ``schedule.steps_at_batch`` becomes the same images here (the
+    schedule and the EMA convert their own step counts: training/schedules.py, training/ema.py)."""
+    per_device = getattr(datamodule, "batch_size", None)
+    if not per_device:
+        return
+    batch = global_batch_size(int(per_device), trainer.num_devices, trainer.num_nodes, trainer.accumulate_grad_batches)
+    try:
+        check_warmup(model.optim_cfg, model.schedule_cfg, batch)
+    except ValueError as error:
+        _fail(str(error))
+    schedule, stated = model.schedule_cfg, trainer.max_steps
+    if schedule.steps_at_batch is not None and stated > 0 and schedule.step_factor(batch) != 1:
+        trainer.fit_loop.epoch_loop.max_steps = schedule.steps(stated, batch)
+        rank_zero_info(f"step counts stated at global batch {schedule.steps_at_batch}, run at {batch}: "
+                       f"max_steps {stated} -> {trainer.max_steps} (the same images; `resnet-lit plan` shows all)")
+
+
+class _ParseOnly(ResNetCLI):
+    """``fit``'s parser and nothing else: no run directory, no model, no data (``resnet-lit plan``)."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_fit_config(args: list[str]) -> Any:
+    """``fit``'s configuration from ``args`` (``fit``'s arguments without the word ``fit``), parsed and
+    checked as ``fit`` parses it, one line on a mistake, nothing instantiated."""
+    check_config_files(args, fail=_fail)
+    silence_noise()
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # nothing is drawn
+    argv, sys.argv = sys.argv, [sys.argv[0], *args]  # as if typed: LightningCLI warns when both are given
+    try:
+        cli = _ParseOnly(
+            ImageClassifier, LightningDataModule, subclass_mode_data=True, seed_everything_default=0,
+            auto_configure_optimizers=False, run=False,
+            parser_kwargs={"description": "resnet-lit plan: fit's arguments", "exit_on_error": False,
+                           "allow_abbrev": False},
+        )
+    finally:
+        sys.argv = argv
+    return cli.config
 
 
 def _as_list(value: Any) -> list[Any]:

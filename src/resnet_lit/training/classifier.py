@@ -24,13 +24,13 @@ from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.lightning_private import count_optimizer_step, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
-from resnet_lit.training.ema import EMAConfig, EMAWeights
+from resnet_lit.training.ema import EMAConfig, EMAWeights, ema_at_scale
 from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
 from resnet_lit.training.finetune import Freeze, apply_freeze
 from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float, lr_as_tensor
 from resnet_lit.training.losses import LossKind, build_loss
 from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
-from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training
+from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training, global_batch_of
 from resnet_lit.training.train_accuracy import TrainAccuracy
 
 
@@ -288,7 +288,10 @@ class ImageClassifier(pl.LightningModule):
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         if fitting and self.hparams.compile_step:  # before Lightning's own checks of manual optimisation
             check_fit(self.trainer, self.schedule_cfg.kind)
-        return [EMAWeights(self.ema_cfg)] if self.ema_cfg is not None and fitting else []
+        if self.ema_cfg is None or not fitting:
+            return []
+        # stated at the schedule's steps_at_batch: the same horizon in images at this global batch
+        return [EMAWeights(ema_at_scale(self.ema_cfg, self.schedule_cfg.step_factor(global_batch_of(self.trainer))))]
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

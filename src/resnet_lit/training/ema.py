@@ -30,7 +30,8 @@ update count (no host synchronisation).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -73,6 +74,30 @@ class EMAConfig:
             raise ValueError(f"ema.warmup_power must be > 0 (timm: 0.75) or null, got {self.warmup_power}")
         if self.warmup_gamma <= 0:
             raise ValueError(f"ema.warmup_gamma must be > 0, got {self.warmup_gamma}")
+
+
+def ema_at_scale(cfg: EMAConfig, step_factor: float) -> EMAConfig:
+    """``cfg`` stated for steps worth ``1 / step_factor`` of this run's optimiser steps (the schedule's
+    ``steps_at_batch / global batch``), with the same horizon in images: the half-life, the first
+    update and the ramp's time scale keep their length in images, the cadence keeps it where it can
+    (at least every step) and the decay follows the cadence. torchvision's reference scripts adjust
+    their EMA decay by the global batch the same way (references/classification/train.py)."""
+    if step_factor == 1 or not 0 < cfg.decay < 1:
+        return cfg
+    every = max(1, round(cfg.update_every_n_steps * step_factor))
+    half_life = cfg.update_every_n_steps * math.log(0.5) / math.log(cfg.decay) * step_factor  # in steps
+    return replace(cfg, decay=0.5 ** (every / half_life), update_every_n_steps=every,
+                   update_starting_at_step=round(cfg.update_starting_at_step * step_factor),
+                   warmup_gamma=cfg.warmup_gamma * cfg.update_every_n_steps * step_factor / every)
+
+
+def half_life_steps(cfg: EMAConfig) -> float:
+    """Optimiser steps after which the EMA gives a weight half its share (inf for decay 1)."""
+    if cfg.decay >= 1:
+        return math.inf
+    if cfg.decay <= 0:
+        return 0.0
+    return cfg.update_every_n_steps * math.log(0.5) / math.log(cfg.decay)
 
 
 def ramped_ema_multi_avg_fn(decay: float, power: float, gamma: float):
