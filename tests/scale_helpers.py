@@ -117,3 +117,35 @@ class RecordDraws(Callback):
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         with open(Path(self.folder, f"draws{trainer.global_rank}.txt"), "a") as f:
             f.write(f"{trainer.global_step} {batch_digest} {crops} {mix} {rng}\n")
+
+
+class RecordWeights(Callback):
+    """Each rank saves its backbone's state dict as training starts (``start<global>.pt`` in ``folder``)
+    and as it ends (``end<global>.pt``), and after every batch appends to ``bn<global>.txt`` one JSON
+    line: each batch norm's name -> [class name, training]."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def _save(self, trainer: Trainer, pl_module: LightningModule, name: str) -> None:
+        import torch
+
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+        torch.save(state, Path(self.folder, f"{name}{trainer.global_rank}.pt"))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module, "start")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module, "end")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        import json
+
+        from torch import nn
+
+        modes = {name: [type(m).__name__, m.training] for name, m in pl_module.model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        with open(Path(self.folder, f"bn{trainer.global_rank}.txt"), "a") as f:
+            f.write(json.dumps(modes) + "\n")
