@@ -76,3 +76,76 @@ class KillWorkerAtStep(Callback):
         first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         if first_attempt and trainer.global_rank == self.rank and trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordDraws(Callback):
+    """Each rank appends one line a training batch, as the model gets it (augmented, mixed), to
+    ``draws<global>.txt`` in ``folder``: "step batch crops mix rng".
+
+    ``batch``: a digest of the images and targets. ``crops``: each image's zero border (rows at the
+    top, bottom, columns at the left, right): where CIFAR's padded crop fell, since a mean-subtracted
+    pixel is exactly zero only in the padding (MixUp keeps the border two images share). ``mix``:
+    the larger MixUp weight, max(lambda, 1 - lambda), read from the soft targets ("-" without MixUp).
+    ``rng``: a digest of the torch, Python and numpy generators after the batch was made. ``crops``
+    and ``mix`` depend on the random draws alone, not on which images the rank got."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        import hashlib
+        import random
+
+        import numpy as np
+        import torch
+
+        x, y = batch
+        x, y = x.detach().cpu().contiguous(), y.detach().cpu().contiguous()
+        zero = (x == 0).all(dim=1)  # [B, H, W]
+        rows, cols = zero.all(dim=2).int(), zero.all(dim=1).int()  # [B, H], [B, W]
+
+        def leading(flags: torch.Tensor) -> torch.Tensor:  # how many True before the first False
+            return flags.cumprod(1).sum(1)
+
+        borders = torch.stack([leading(rows), leading(rows.flip(1)), leading(cols), leading(cols.flip(1))], 1)
+        crops = ",".join(".".join(map(str, b)) for b in borders.tolist())
+        mixed = [v for v in y.flatten().tolist() if 0 < v < 1] if y.is_floating_point() else []
+        mix = f"{max(mixed):.6f}" if mixed else "-"
+        batch_digest = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+        rng = hashlib.sha256(torch.get_rng_state().numpy().tobytes() + repr(random.getstate()).encode()
+                             + np.random.get_state()[1].tobytes()).hexdigest()[:16]
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.folder, f"draws{trainer.global_rank}.txt"), "a") as f:
+            f.write(f"{trainer.global_step} {batch_digest} {crops} {mix} {rng}\n")
+
+
+class RecordWeights(Callback):
+    """Each rank saves its backbone's state dict as training starts (``start<global>.pt`` in ``folder``)
+    and as it ends (``end<global>.pt``), and after every batch appends to ``bn<global>.txt`` one JSON
+    line: each batch norm's name -> [class name, training]."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def _save(self, trainer: Trainer, pl_module: LightningModule, name: str) -> None:
+        import torch
+
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+        torch.save(state, Path(self.folder, f"{name}{trainer.global_rank}.pt"))
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module, "start")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save(trainer, pl_module, "end")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        import json
+
+        from torch import nn
+
+        modes = {name: [type(m).__name__, m.training] for name, m in pl_module.model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        with open(Path(self.folder, f"bn{trainer.global_rank}.txt"), "a") as f:
+            f.write(json.dumps(modes) + "\n")

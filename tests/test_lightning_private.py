@@ -10,6 +10,7 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies import DDPStrategy
 
 from resnet_lit.lightning_private import PRIVATE_NAMES
 
@@ -25,6 +26,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "RichProgressBar": RichProgressBar(),
         "CSVLogger": CSVLogger(folder),
         "ExperimentWriter": ExperimentWriter(str(folder / "writer")),
+        "DDPStrategy": DDPStrategy(),
         "fit_loop_state": trainer.fit_loop.state_dict(),  # what a checkpoint holds under loops/fit_loop
     }
 

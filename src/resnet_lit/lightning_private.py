@@ -3,7 +3,8 @@
 Lightning's public API does not cover a few things resnet-lit needs: whether the logger writes this
 step, where the fit loop stands inside an epoch (and its keys in a checkpoint), saving a
 ``ModelCheckpoint`` without a monitor when training stops, a CSV writer that keeps metrics.csv,
-asking the fit loop to stop after the batch under way (as it does on SIGTERM) when Ctrl-C comes.
+asking the fit loop to stop after the batch under way (as it does on SIGTERM) when Ctrl-C comes,
+the plugin ``sync_batchnorm`` applies.
 Code elsewhere reaches them through the functions here, or names them in ``PRIVATE_NAMES``;
 ``tests/test_lightning_private.py`` checks every name there on the installed Lightning, so an
 upgrade that removes one fails by name instead of breaking resume silently. ``pyproject.toml``
@@ -38,6 +39,8 @@ PRIVATE_NAMES = (
     "ModelCheckpoint._last_global_step_saved",
     # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch)
     "Trainer._signal_connector.received_sigterm",
+    # ImageClassifier.setup: sync_batchnorm's plugin, replaced so that frozen batch norms stay frozen
+    "DDPStrategy._layer_sync",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
     "RichProgressBar._get_train_description",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
@@ -96,3 +99,14 @@ def set_stop_after_batch(trainer: Any, stop: bool) -> None:
 
 def stop_after_batch_requested(trainer: Any) -> bool:
     return bool(trainer.received_sigterm)
+
+
+def layer_sync(trainer: Any) -> Any:
+    """The plugin the strategy applies to the model for ``sync_batchnorm`` (a ``LayerSync``); None
+    without one, or with a strategy for one device."""
+    return getattr(trainer.strategy, "_layer_sync", None)
+
+
+def set_layer_sync(trainer: Any, plugin: Any) -> None:
+    """Have the strategy apply ``plugin`` (a ``LayerSync``) instead, when it sets up (after ``setup``)."""
+    trainer.strategy._layer_sync = plugin

@@ -8,7 +8,8 @@ Lightning saves weights, optimiser, schedule, loop counters and callback states.
   that never build the LightningModule (``export``, ``init_weights``), and, in a checkpoint taken
   inside an epoch, the epoch's training-accuracy counts (``train_counts``, from ``TrainAccuracy``);
 * ``checkpoint["wandb_run_id"]``: a resumed run logs on into the same wandb run;
-* the global random generators (``RNGState``, a callback state keyed ``"RNGState"``);
+* each rank's random generators (``RNGState``, a callback state keyed ``"RNGState"``: this
+  process's states, and every rank's under ``"ranks"``);
 * the fit loop's counters of a checkpoint taken at an epoch's end, written in the form Lightning
   resumes exactly (``EpochEndLoopState``).
 
@@ -26,6 +27,8 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.seed import pl_worker_init_function, reset_seed
 from lightning.pytorch.callbacks import Callback
 
 from resnet_lit import __version__
@@ -84,37 +87,77 @@ def wandb_run_id_of(checkpoint: dict[str, Any]) -> str | None:
 
 
 class RNGState(Callback):
-    """Checkpoint the random number generators, so a resumed run draws what an uninterrupted one would.
+    """Each rank's random generators: seeded from (seed, global rank), checkpointed and restored per rank.
 
-    Lightning checkpoints weights, optimiser, schedule and loop counters but not the global RNGs;
-    a resumed process is re-seeded with ``seed_everything`` and would replay the random crops and
-    flips of epoch 0 (the CIFAR augmentation draws from the global torch generator). With this
-    callback the restored state continues the stream where the checkpoint was taken.
-    Under DDP the checkpoint holds rank 0's state and every rank loads it: Lightning seeds all
-    ranks alike and they draw the same amounts, so their streams are identical anyway.
+    The CIFAR crops and flips, PCA lighting, MixUp / CutMix and stochastic depth draw from the global
+    generators (torch's CPU and CUDA, Python's ``random``, numpy). ``seed_everything`` gives every
+    process the same seed, so under DDP each rank would draw the same crops, flips, lambda and masks
+    as every other. Once the process group exists (``setup``), each rank is re-seeded from (seed,
+    global rank) with Lightning's own mix of seed and rank (``pl_worker_init_function``, what its
+    DataLoader workers get; ``torch.manual_seed`` seeds the CUDA generators too). A one-process run
+    keeps the ``seed_everything`` stream as it is.
+
+    Lightning checkpoints weights, optimiser, schedule and loop counters but not the generators; a
+    resumed process would start their streams again. ``state_dict`` holds this process's states
+    (torch CPU, Python, numpy, and the CUDA generator of this process's own device) and, under DDP,
+    every rank's under ``"ranks"`` (gathered at each save: Lightning writes rank 0's checkpoint only),
+    indexed by global rank. ``load_state_dict`` restores the entry of this process's global rank, the
+    CUDA state into its own device only. A resume on another number of ranks: a rank the checkpoint
+    holds a state for restores it; a rank it holds none for (the job grew, or the checkpoint kept one
+    state: a one-process run's, or resnet-lit 0.1's) keeps its fresh (seed, rank) seeding, a stream
+    no rank of a run that never shrank has drawn from. Data order changes with the number of
+    ranks anyway, so such a resume is not exact; a resume on the same ranks is, on each rank.
     """
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # After the process group exists (Lightning's DDP has just re-seeded every rank alike), before
+        # a checkpoint's states are restored: a resumed run then draws on from where it stopped.
+        if trainer.world_size > 1:
+            reset_seed()  # torch.initial_seed() is the seed again, whatever drew since
+            pl_worker_init_function(0, trainer.global_rank)
+
     def state_dict(self) -> dict[str, Any]:
-        # Tensors, ints and tuples only, so the checkpoint still loads with torch.load(weights_only=True).
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        state = _generator_states()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Every rank saves (Lightning calls this on all of them), so every rank takes part.
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, state)
+            state["ranks"] = ranks
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        random.setstate(state_dict["python"])
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        if "cuda" in state_dict and torch.cuda.is_available():
-            states = state_dict["cuda"]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        saved = state_dict.get("ranks") or [state_dict]  # one state: the process's, or rank 0's
+        if rank < len(saved):
+            _set_generator_states(saved[rank])
+
+
+def _generator_states() -> dict[str, Any]:
+    # Tensors, ints and tuples only, so the checkpoint still loads with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_device"] = torch.cuda.get_rng_state()  # this process's device only
+    return state
+
+
+def _set_generator_states(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif "cuda" in state:  # resnet-lit 0.1: every visible device's state; this process's device is its own
+        device = torch.cuda.current_device()
+        if device < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][device])
 
 
 class EpochEndLoopState(Callback):

@@ -15,18 +15,19 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins import TorchSyncBatchNorm
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
 from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
-from resnet_lit.lightning_private import count_optimizer_step, should_update_logs
+from resnet_lit.lightning_private import count_optimizer_step, layer_sync, set_layer_sync, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
 from resnet_lit.training.ema import EMAConfig, EMAWeights, ema_at_scale
 from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
-from resnet_lit.training.finetune import Freeze, apply_freeze
+from resnet_lit.training.finetune import Freeze, SyncUnfrozenBatchNorm, apply_freeze
 from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float, lr_as_tensor
 from resnet_lit.training.losses import LossKind, build_loss
 from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
@@ -131,6 +132,8 @@ class ImageClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.freeze != "none":
             apply_freeze(self.model, self.hparams.freeze)
+            if self._trainer is not None and type(layer_sync(self.trainer)) is TorchSyncBatchNorm:
+                set_layer_sync(self.trainer, SyncUnfrozenBatchNorm())  # sync_batchnorm: frozen ones stay frozen
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if not self._compiled:
@@ -141,6 +144,17 @@ class ImageClassifier(pl.LightningModule):
         # own weights and never reads init_weights again, which may be gone by then.
         if self.hparams.init_weights and self.trainer.ckpt_path is None:
             self.load_init_weights()
+            self._weights_from_rank_zero()
+
+    def _weights_from_rank_zero(self) -> None:
+        """Every rank takes rank 0's weights and buffers. DDP sent them once, when it wrapped the model;
+        weights loaded after that differ between ranks wherever they were drawn (a classifier
+        re-initialised for another class count draws from each rank's own generator, RNGState)."""
+        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        with torch.no_grad():
+            for tensor in (*self.model.parameters(), *self.model.buffers()):
+                torch.distributed.broadcast(tensor, src=0)
 
     def load_init_weights(self, num_classes_change: str = "reinit") -> None:
         """``init_weights`` into the backbone, in place; InitWeightsError if they cannot be. The CLI

@@ -1,4 +1,5 @@
-"""Fine-tuning helpers: freeze the first stages of a ResNet, build optimiser parameter groups.
+"""Fine-tuning helpers: freeze the first stages of a ResNet, build optimiser parameter groups, and
+keep frozen batch norms out of ``sync_batchnorm``.
 
 Plain functions on the backbone (`ImageClassifier.model`), so they work on any of our nets
 (and on torchvision's ResNets, which share the names `conv1, bn1, layer1..layer4, fc`).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, get_args
 
+from lightning.pytorch.plugins import TorchSyncBatchNorm
 from torch import nn
 
 log = logging.getLogger("resnet_lit")
@@ -28,6 +30,26 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
 
     def train(self, mode: bool = True) -> FrozenBatchNorm2d:
         return super().train(False)
+
+
+class SyncUnfrozenBatchNorm(TorchSyncBatchNorm):
+    """Lightning's ``sync_batchnorm`` plugin for every batch norm but the frozen ones.
+
+    Lightning's own (``SyncBatchNorm.convert_sync_batchnorm``) replaces every batch norm, a
+    ``FrozenBatchNorm2d`` too, with a new ``SyncBatchNorm``: the next ``.train()`` puts it in training
+    mode and its running statistics move (and DDP on CPUs refuses any ``SyncBatchNorm``). A frozen
+    batch norm has nothing to synchronise, so it stays as it is. ``ImageClassifier.setup`` puts this
+    plugin in the place of Lightning's when a run both freezes and sets ``sync_batchnorm``.
+    """
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        if isinstance(model, FrozenBatchNorm2d):
+            return model
+        if isinstance(model, nn.modules.batchnorm._BatchNorm):
+            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        for name, child in model.named_children():
+            model.add_module(name, self.apply(child))
+        return model
 
 
 def _frozen_prefixes(model: nn.Module, freeze: str) -> list[str]:
