@@ -95,7 +95,8 @@ def test_broken_init_weights_are_named_in_one_line(command: str, repo_root: Path
     path = broken(tmp_path, "truncated")
     run_dir = tmp_path / "run"
     done = resnet_lit_cli(repo_root, command, *CONFIGS, "--run_dir", str(run_dir), "--data.root", str(cifar_root),
-                          "--data.subset", "64", "--data.batch_size", "32", "--trainer.max_steps", "1", "--model.schedule.steps_at_batch", "null",
+                          "--data.subset", "64", "--data.batch_size", "32", "--trainer.max_steps", "1",
+                          "--model.schedule.steps_at_batch", "null",
                           "--model.init_weights", str(path))
     assert_one_line(done, f"--model.init_weights: {path} {WHAT['truncated']}")
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -74,7 +74,8 @@ def test_recipe_trains_two_steps_on_the_cpu(path, tmp_path, cifar_root, imagewoo
     data = (["--data.root", str(cifar_root), "--data.subset", "64", "--data.batch_size", "8"] if cifar else
             ["--data.root", str(imagewoof_root), "--data.batch_size", "2", "--data.num_workers", "0"])
     args = ["fit", "--config", path, "--config", CPU, *data, "--data.eval_batch_size", "2",
-            "--model.width", "0.25", "--trainer.max_steps", "2", "--model.schedule.steps_at_batch", "null", "--trainer.limit_val_batches", "1",
+            "--model.width", "0.25", "--trainer.max_steps", "2",
+            "--model.schedule.steps_at_batch", "null", "--trainer.limit_val_batches", "1",
             "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
             "--run_dir", str(tmp_path / "run")]
     main(args)
