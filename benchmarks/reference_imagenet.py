@@ -16,6 +16,14 @@ are the settings of `configs/experiments/imagewoof/resnet50_128px_5ep.yaml`:
 
 writes `metrics.csv` (one row per epoch: step, lr, train loss, validation top-1, seconds) and
 `summary.json` (final top-1, wall time, training images/s) into `--out`.
+
+`--evaluate WEIGHTS.safetensors` trains nothing: it loads weights with torchvision's parameter
+names (resnet-lit's published weights have them) into torchvision's network and evaluates the
+validation split with the same PIL decode, Resize, CenterCrop and normalisation, writing
+`predictions.csv` (file, label, predicted class) and `summary.json`:
+
+    python benchmarks/reference_imagenet.py --root /data/imagewoof2-160 --out /tmp/eval \
+        --evaluate results/imagewoof-resnet50-128px-5ep-cpu/resnet50.safetensors
 """
 
 from __future__ import annotations
@@ -73,6 +81,36 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     return 100.0 * right / seen
 
 
+def evaluate_weights(args, val_loader: DataLoader) -> None:
+    """Top-1 of published weights on the validation split, image by image (``predictions.csv``)."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(args.evaluate).items()}
+    num_classes = state["fc.weight"].shape[0]
+    model = getattr(torchvision.models, args.arch)(num_classes=num_classes)
+    model.load_state_dict(state, strict=True)
+    model = model.to(memory_format=torch.channels_last).eval()
+    files = [Path(p) for p, _ in val_loader.dataset.samples]
+    classes = val_loader.dataset.classes
+    out, rows, i = Path(args.out), [], 0
+    with torch.no_grad():
+        for x, y in val_loader:
+            pred = model(x.contiguous(memory_format=torch.channels_last)).argmax(1)
+            for label, p in zip(y.tolist(), pred.tolist()):
+                rows.append((f"{files[i].parent.name}/{files[i].name}", classes[label], classes[p]))
+                i += 1
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "predicted"])
+        w.writerows(rows)
+    right = sum(label == p for _, label, p in rows)
+    summary = {"weights": str(args.evaluate), "val_acc1": 100.0 * right / len(rows), "right": right,
+               "val_images": len(rows), "size": args.size, "test_resize": args.test_resize,
+               "torch": torch.__version__, "torchvision": torchvision.__version__}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="folder holding train/<class>/* and val/<class>/*")
@@ -94,6 +132,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for torch")
     p.add_argument("--workers", type=int, default=1, help="DataLoader decoding processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluate", help="evaluate these weights (.safetensors, torchvision names) instead of training")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
@@ -101,6 +140,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_loader, val_loader = loaders(args)
+    if args.evaluate:
+        evaluate_weights(args, val_loader)
+        return
     num_classes = len(train_loader.dataset.classes)
     model = getattr(torchvision.models, args.arch)(num_classes=num_classes).to(memory_format=torch.channels_last)
     decay = [q for q in model.parameters() if q.ndim > 1]

@@ -45,6 +45,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as the benchmark scripts do
 from _common import cpu_model  # noqa: E402  (machine facts, written once for every published figure)
 
+# fast.ai's Imagewoof leaderboard at 128 px (github.com/fastai/imagenette), best entry per epoch count
+IMAGEWOOF_LEADERBOARD = {5: 76.61, 20: 86.27, 80: 90.48, 200: 90.38}
+IMAGEWOOF_DATA = "imagewoof2-160 (../shared/data, all of Imagewoof2, shorter side 160 px)"
+CIFAR_DATA = "cifar10-jpeg (../shared/data, JPEG q75 4:2:0 rendition of CIFAR-10)"
 PAPER = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43, "resnet1202": 7.93}
 
 
@@ -118,11 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", default="", help="free text for the card (load on the machine, interruptions)")
     p.add_argument("--docs", type=Path, default=Path("docs/results.md"), help="the page listing every published run")
     p.add_argument("--allow-unfinished", action="store_true", help="dry run: publish a run short of its max_steps")
+    p.add_argument("--reference-root", type=Path, help="ImageNet-style runs: the extracted train/ + val/ folders "
+                   "that benchmarks/reference_imagenet.py --evaluate reads (an evaluation without resnet-lit)")
     args = p.parse_args(argv)
 
     config = yaml.safe_load((args.run_dir / "config.yaml").read_text())
     arch = config["model"]["arch"]
-    max_steps = int(config["trainer"]["max_steps"])
+    fit_configs = [a for c in args.recipe + args.train_config for a in ("--config", c)]
+    max_steps = int(config["trainer"].get("max_steps") or -1)
+    if max_steps <= 0:  # a run bounded by epochs: the steps its fit planned
+        from resnet_lit.commands.plan import plan
+        from resnet_lit.runs.cli import parse_fit_config
+
+        max_steps = int(plan(parse_fit_config(fit_configs + shlex.split(args.fit_args)))["total_steps"])
+    imagewoof = "imagewoof" in str(config["data"]["init_args"].get("root", ""))
     ckpt = args.run_dir / "checkpoints" / "last.ckpt"
     step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     if step != max_steps and not args.allow_unfinished:
@@ -136,11 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     run(["resnet-lit", "export", str(ckpt), "--format", "safetensors", "--output", str(weights)])
     digest = sha256(weights)
     (args.out / "SHA256SUMS").write_text(f"{digest}  {weights.name}\n")
-    run(["resnet-lit", "report", str(args.run_dir), "--out", str(args.out / "report"), "--ylim", "0", "20"])
+    run(["resnet-lit", "report", str(args.run_dir), "--out", str(args.out / "report"), "--ylim", "0",
+         "100" if imagewoof else "20"])
     test_error, test_cmd = evaluate(args.recipe, weights)
     test_mode = config["data"]["init_args"].get("test_mode", "center")
     # with another test mode (flip averaging), also the plain centre figure create_model(...) gives
     centre = None if test_mode == "center" else evaluate(args.recipe, weights, ("--data.test_mode", "center"))[0]
+
+    independent = None
+    if args.reference_root is not None:  # the same weights through torchvision + PIL only
+        with tempfile.TemporaryDirectory() as tmp:
+            run([sys.executable, "benchmarks/reference_imagenet.py", "--root", str(args.reference_root), "--out", tmp,
+                 "--arch", arch, "--evaluate", str(weights), "--workers", "0",
+                 "--size", str(config["data"]["init_args"].get("test_size", 224)),
+                 "--test-resize", str(config["data"]["init_args"].get("test_resize")
+                                      or round(config["data"]["init_args"].get("test_size", 224) * 256 / 224))])
+            shutil.copy2(Path(tmp) / "predictions.csv", args.out / "val_predictions.csv")
+            independent = json.loads((Path(tmp) / "summary.json").read_text())["val_acc1"]
 
     rows = read_metrics(args.run_dir / "metrics.csv")
     val = column(rows, "val/error")
@@ -151,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     step_decay = schedule.get("kind", "step") == "step"
     drops = [s for (s, v), (_, prev) in zip(lr[1:], lr[:-1]) if v < prev * 0.5] if step_decay else []
     wall = wall_seconds(args.log)
-    fit_cmd = ["resnet-lit", "fit"] + [a for c in args.recipe + args.train_config for a in ("--config", c)]
+    fit_cmd = ["resnet-lit", "fit", *fit_configs]
     fit_cmd += shlex.split(args.fit_args)
     batch = int(config["data"]["init_args"]["batch_size"])
     result = {
-        "arch": arch, "dataset": "cifar10-jpeg (../shared/data, JPEG q75 4:2:0 rendition of CIFAR-10)",
+        "arch": arch, "dataset": IMAGEWOOF_DATA if imagewoof else CIFAR_DATA,
         "steps": step, "max_steps": max_steps, "images": step * batch, "batch_size": batch,
         "schedule": {k: schedule.get(k) for k in ("kind", "milestones", "warmup_steps", "warmup_mode",
                                                   "warmup_factor") if k != "milestones" or step_decay},
@@ -174,8 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                      "lightning": __import__("lightning").__version__},
         "notes": args.notes,
     }  # fmt: skip
+    if imagewoof:
+        epochs = int(config["trainer"]["max_epochs"])
+        result.update(epochs=epochs, test_acc1=round(100 - test_error, 4), independent_acc1=independent,
+                      val_images=int(float(next(r["val/images"] for r in rows if r.get("val/images")))),
+                      leaderboard_acc1=IMAGEWOOF_LEADERBOARD.get(epochs), paper_error=None,
+                      data=config["data"]["init_args"])
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "README.md").write_text(card(result, args.out))
+    (args.out / "README.md").write_text((card_imagewoof if imagewoof else card)(result, args.out))
     update_results_table(args.out.parent, args.docs)
     print(f"published {args.out}: test error {test_error:.2f} % ({arch}, step {step}/{max_steps}), sha256 {digest}")
     return 0
@@ -201,8 +232,9 @@ def update_results_table(results: Path, docs: Path) -> None:
         kind = (r.get("schedule") or {}).get("kind", "step")
         mode = r.get("test_mode", "center")
         how = "" if mode == "center" else f" ({mode}; centre {r['test_error_centre']:.2f})"
+        length = f"{r['epochs']} epochs" if r.get("epochs") else f"{r['steps']:,} it"
         lines.append(
-            f"| [{name}]({link}/) | {r['arch']} | {r['dataset'].split(' ')[0]} | {r['steps']:,} it, {kind} lr, "
+            f"| [{name}]({link}/) | {r['arch']} | {r['dataset'].split(' ')[0]} | {length}, {kind} lr, "
             f"{r['precision']} | **{r['test_error']:.2f}**{how} | {paper} | {hw} | {wall} "
             f"| [{r['weights']}]({link}/{r['weights']}) |"
         )
@@ -302,6 +334,68 @@ model = create_model("{r['arch']}", weights="{out.as_posix()}/{r['weights']}").e
 - `{r['weights']}` ({r['bytes']:,} bytes): the final weights with their `arch_spec` and class names in the header.
 - `report/`: `resnet-lit report` of the run{f" ({figure.name})" if figure else ""} and its table;
   `results.json`: every figure above.
+"""
+
+
+def card_imagewoof(r: dict, out: Path) -> str:
+    """The model card of a run on fast.ai's Imagewoof benchmark (accuracy, the leaderboard beside it)."""
+    hours = f"{r['wall_s'] / 60:.0f} minutes" if r["wall_s"] else "not recorded"
+    flags = ", ".join(r["machine"]["flags"]) or "no AVX-512, no bf16 instructions"
+    data = r["data"]
+    lb = r.get("leaderboard_acc1")
+    gap = f"{lb - r['test_acc1']:.2f} points below it" if lb is not None else "no leaderboard entry at this length"
+    independent = (f"{r['independent_acc1']:.2f} %" if r.get("independent_acc1") is not None else "not run")
+    resize = data.get("test_resize") or round(data.get("test_size", 224) * 256 / 224)
+    title = f"{r['arch']} from random weights on Imagewoof, {r['epochs']} epochs at {data.get('train_size')} px"
+    return f"""# {title}, trained on a CPU by `resnet-lit fit`
+
+| | top-1 accuracy, {r['val_images']:,} validation images |
+| --- | ---: |
+| this run (`resnet-lit test`, centre {data.get('test_size')} px crop) | **{r['test_acc1']:.2f} %** |
+| the same weights through torchvision + PIL only (`benchmarks/reference_imagenet.py --evaluate`) | {independent} |
+| fast.ai Imagewoof leaderboard, 128 px, {r['epochs']} epochs, best entry | {lb if lb is not None else '—'} % |
+
+This run is {gap}. The leaderboard's entries are not the paper's ResNet-50: the best ones use an
+xresnet50 with a deep stem, Mish activations, self-attention and the Ranger optimiser with a flat-then-
+cosine schedule (github.com/fastai/imagenette); this is the paper's ResNet-50 (v1.5 stride placement,
+torchvision's layout) with plain SGD. docs/results.md says what the gap is made of.
+
+- **{r['test_acc1']:.2f} % top-1** ({r['test_error']:.2f} % error): the weights below after the last of
+  {r['steps']:,} steps ({r['epochs']} epochs of {r['max_steps'] // r['epochs']:,} steps at batch
+  {r['batch_size']}), evaluated in 32-bit by the command below: shorter side resized to {resize},
+  centre {data.get('test_size')} px crop, ImageNet mean/std, no test-time augmentation (the leaderboard's
+  rules). `val_predictions.csv` holds the independent evaluation's class for every image.
+- Data: `../shared/data/imagewoof2-160` (all of Imagewoof2, 9,025 training / {r['val_images']:,}
+  validation photographs, shorter side 160 px). Training: RandomResizedCrop {data.get('train_size')} px over
+  {data.get('crop_scale')} of the area, flip, no PCA lighting.
+- {schedule_text(r)}; {r['validations']} validations (`metrics.csv`). Precision `{r['precision']}`.
+- Wall time {hours} for the whole fit; median training throughput {r['images_per_s_median']} images/s.
+- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores ({flags}), no GPU;
+  Python {r['versions']['python']}, torch {r['versions']['torch']}, lightning {r['versions']['lightning']}.
+{('- ' + r['notes']) if r['notes'] else ''}
+
+## Reproduce
+
+```bash
+git checkout {r['commit']}
+{r['fit_command']} --run_dir runs/{out.name}    # seed {r['seed']}
+```
+
+## Check
+
+```bash
+sha256sum -c {out.as_posix()}/SHA256SUMS     # {r['weights']}: {r['sha256']}
+{r['test_command']}
+python benchmarks/reference_imagenet.py --root <imagewoof2-160 extracted: train/ val/> --out /tmp/eval \\
+    --evaluate {out.as_posix()}/{r['weights']}
+```
+
+## Files
+
+- `config.yaml`: the resolved configuration of the run; `metrics.csv`: its whole log.
+- `{r['weights']}` ({r['bytes']:,} bytes): the final weights (torchvision's parameter names).
+- `val_predictions.csv`: file, label and predicted class of every validation image (the independent evaluation).
+- `report/`: `resnet-lit report` of the run; `results.json`: every figure above.
 """
 
 
