@@ -58,3 +58,44 @@ def test_no_new_graph_after_the_first_epoch(cifar_root: Path, tmp_path: Path) ->
     assert counts.after_epoch == [counts.after_epoch[0]] * 4, counts.after_epoch
     image_batches = {s[0] for g in GRAPHS for s in g if s[1:] == (3, 32, 32)}
     assert image_batches == {32}, GRAPHS  # the short validation batch (16) never reached the compiler
+
+
+def test_another_evaluation_batch_and_a_second_training_size_compile_static_graphs(imagewoof_root: Path,
+                                                                                   tmp_path: Path) -> None:
+    """An evaluation batch unlike the training batch (the fast CIFAR recipe: 1000 against 128) and the
+    second size of progressive resizing: each a graph of its own with fixed sizes. torch's default
+    (dynamic=None) would hand the backend a graph with symbolic sizes the second time."""
+    from resnet_lit.data import ImageNetDataModule
+
+    GRAPHS.clear()
+    SYMBOLIC.clear()
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = ImageClassifier(arch="resnet20", num_classes=10, width=0.25,
+                             compile={"backend": symbol_counting_backend}, compile_eval=True,
+                             schedule={"unit": "step", "milestones": [100]})
+    data = ImageNetDataModule(root=str(imagewoof_root), batch_size=8, eval_batch_size=4, num_workers=0,
+                              augmentation="modern", lighting=0.0, test_size=32,
+                              progressive_resize={"start_size": 32, "end_size": 48, "start_epoch": 0,
+                                                  "end_epoch": 1, "step": 16})
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=2, limit_val_batches=2,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    try:
+        trainer.fit(module, data)
+    finally:
+        torch._dynamo.reset()
+    images = sorted({s for g in GRAPHS for s in g})
+    assert {(8, 3, 32, 32), (8, 3, 48, 48), (4, 3, 32, 32)} <= set(images), images
+    assert SYMBOLIC == [], f"graphs with symbolic sizes: {SYMBOLIC}"
+
+
+SYMBOLIC: list[str] = []
+
+
+def symbol_counting_backend(gm, example_inputs):
+    """``counting_backend`` that also records any symbolic size among a graph's inputs."""
+    SYMBOLIC.extend(str(t) for t in example_inputs if isinstance(t, torch.SymInt))
+    SYMBOLIC.extend(str(t.shape) for t in example_inputs
+                    if isinstance(t, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in t.shape))
+    return counting_backend(gm, example_inputs)

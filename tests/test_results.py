@@ -23,6 +23,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(p.parent for p in (REPO_ROOT / "results").glob("*/results.json"))
+CIFAR = [p for p in PUBLISHED if not p.name.startswith("imagewoof")]
+IMAGEWOOF = [p for p in PUBLISHED if p.name.startswith("imagewoof")]
 
 
 def test_results_are_published():
@@ -46,7 +48,8 @@ def test_weights_match_the_card(run: Path):
     assert digest == card["sha256"]
     assert (run / "SHA256SUMS").read_text().split() == [digest, card["weights"]]
     readme = (run / "README.md").read_text()
-    assert digest in readme and f"**{card['test_error']:.2f} %**" in readme
+    headline = card["test_acc1"] if "test_acc1" in card else card["test_error"]
+    assert digest in readme and f"**{headline:.2f} %**" in readme
 
 
 @pytest.mark.parametrize("run", PUBLISHED, ids=lambda p: p.name)
@@ -54,12 +57,15 @@ def test_metrics_show_the_whole_schedule(run: Path):
     card, config = _card(run), yaml.safe_load((run / "config.yaml").read_text())
     rows = _metrics(run / "metrics.csv")
     schedule = config["model"]["schedule"]
-    max_steps = config["trainer"]["max_steps"]
-    assert card["steps"] == max_steps
+    max_steps = card["max_steps"]  # the config's, or its epochs' steps (a run bounded by epochs)
+    assert card["steps"] == max_steps and config["trainer"]["max_steps"] in (max_steps, -1, None)
+    # steps an epoch: CIFAR's 50,000 images, or the run's own epochs
+    per_epoch = max_steps // card["epochs"] if "epochs" in card else 50_000 // config["data"]["init_args"]["batch_size"]
     key = next(k for k in ("lr-SGD/backbone", "lr") if rows and k in rows[0])
     lrs = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
     base = config["model"]["optimizer"]["lr"]
-    warmup, factor = schedule.get("warmup_steps") or 0, schedule.get("warmup_factor")
+    warmup = schedule.get("warmup_steps") or round((schedule.get("warmup_epochs") or 0) * per_epoch)
+    factor = schedule.get("warmup_factor")
     for step, lr in lrs:
         if step < warmup:  # linear warm-up from factor x base
             expected = base * (factor + (1 - factor) * step / warmup)
@@ -73,7 +79,6 @@ def test_metrics_show_the_whole_schedule(run: Path):
         assert "milestones" not in card.get("schedule", {}) and "lr_drops_logged_at" not in card
     # one validation per epoch, each at a later step than the one before: no gap, no repeat
     val_steps = [int(r["step"]) for r in rows if r.get("val/error")]
-    per_epoch = 50_000 // config["data"]["init_args"]["batch_size"]
     assert val_steps == [per_epoch * (i + 1) - 1 for i in range(len(val_steps))]
     assert len(val_steps) == max_steps // per_epoch
     train_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
@@ -94,7 +99,7 @@ def test_card_command_gives_the_card_error(run: Path, tmp_path: Path, shared_dec
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", PUBLISHED, ids=lambda p: p.name)
+@pytest.mark.parametrize("run", CIFAR, ids=lambda p: p.name)
 def test_create_model_with_weights_gives_the_card_error(run: Path, cifar_root: Path, shared_decode_cache: Path):
     from resnet_lit.data import CIFARDataModule
     from resnet_lit.models import create_model
@@ -111,6 +116,57 @@ def test_create_model_with_weights_gives_the_card_error(run: Path, cifar_root: P
     assert total == 10_000
     # the same images wrong; a card whose test command averages views also gives the centre figure
     assert 100.0 * wrong / total == pytest.approx(card.get("test_error_centre", card["test_error"]), abs=1e-9)
+
+
+@pytest.mark.parametrize("run", IMAGEWOOF, ids=lambda p: p.name)
+def test_imagewoof_card_agrees_with_its_independent_predictions(run: Path):
+    """The card's accuracy (resnet-lit test) and the independent torchvision + PIL evaluation of the same
+    weights, image by image in val_predictions.csv, agree within 0.2 points on all 3,929 images."""
+    card = _card(run)
+    rows = _metrics(run / "val_predictions.csv")
+    assert len(rows) == card["val_images"] == 3929
+    accuracy = 100.0 * sum(r["label"] == r["predicted"] for r in rows) / len(rows)
+    assert accuracy == pytest.approx(card["independent_acc1"], abs=1e-9)
+    assert abs(accuracy - card["test_acc1"]) <= 0.2, (accuracy, card["test_acc1"])
+    readme = (run / "README.md").read_text()
+    assert f"{card['leaderboard_acc1']} %" in readme and f"{card['independent_acc1']:.2f} %" in readme
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", IMAGEWOOF, ids=lambda p: p.name)
+def test_imagewoof_predictions_come_from_the_published_weights(run: Path, shared_data: Path, tmp_path: Path):
+    """torchvision's network with the published weights, PIL decode, Resize + CenterCrop + the card's
+    normalisation (no resnet-lit code): on 40 validation images read from the archive, the classes
+    val_predictions.csv lists."""
+    import io
+    import tarfile
+
+    import torchvision
+    from PIL import Image
+    from safetensors.torch import load_file
+    from torchvision.transforms import v2
+
+    card, config = _card(run), yaml.safe_load((run / "config.yaml").read_text())
+    data = config["data"]["init_args"]
+    resize = data.get("test_resize") or round(data["test_size"] * 256 / 224)
+    view = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(data["test_size"]), v2.ToImage(),
+                       v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    rows = _metrics(run / "val_predictions.csv")
+    wanted = {r["file"]: r for r in rows[::len(rows) // 40][:40]}
+    classes = sorted({r["label"] for r in rows})
+    images = {}
+    with tarfile.open(shared_data / "imagewoof2-160" / "val.tar.gz") as tar:
+        for member in tar:
+            name = "/".join(Path(member.name).parts[-2:])
+            if member.isfile() and name in wanted:
+                images[name] = view(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+    assert len(images) == 40
+    model = torchvision.models.resnet50(num_classes=len(classes))
+    model.load_state_dict({k: v.float() for k, v in load_file(run / card["weights"]).items()})
+    with torch.inference_mode():
+        predicted = model.eval()(torch.stack(list(images.values()))).argmax(1).tolist()
+    assert [classes[p] for p in predicted] == [wanted[name]["predicted"] for name in images]
 
 
 def test_the_reference_check_agrees_and_docs_quote_its_files():

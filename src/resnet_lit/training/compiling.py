@@ -15,12 +15,21 @@ import torch
 from torch import nn
 
 
+def static_options(option: bool | dict[str, Any]) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments with ``dynamic=False`` unless given: one static graph per
+    input shape. torch's default (``dynamic=None``) compiles the second shape it meets (an evaluation
+    batch of another size, the next progressive-resizing size) as a graph with symbolic sizes, which
+    runs slower on a GPU and is shared by every later shape; the shapes here are few and known."""
+    return {"dynamic": False, **({} if option is True else dict(option))}
+
+
 def compile_in_place(model: nn.Module, option: bool | dict[str, Any]) -> bool:
     """Compile ``model`` in place with ``option`` (``True`` or ``nn.Module.compile`` keyword
-    arguments: ``mode``, ``fullgraph``, ``dynamic``); False (and nothing done) for ``False``."""
+    arguments: ``mode``, ``fullgraph``, ``dynamic``; static shapes unless ``dynamic`` is given);
+    False (and nothing done) for ``False``."""
     if option is False:
         return False
-    model.compile(**({} if option is True else dict(option)))
+    model.compile(**static_options(option))
     return True
 
 
