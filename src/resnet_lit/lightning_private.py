@@ -36,8 +36,11 @@ PRIVATE_NAMES = (
     "ModelCheckpoint._save_none_monitor_checkpoint",
     "ModelCheckpoint._monitor_candidates",
     "ModelCheckpoint._last_global_step_saved",
-    # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch)
+    # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch); its own
+    # handlers replace Lightning's right after Lightning registers them; SLURM's requeue signal
     "Trainer._signal_connector.received_sigterm",
+    "Trainer._signal_connector.register_signal_handlers",
+    "Trainer._accelerator_connector.cluster_environment",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
     "RichProgressBar._get_train_description",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
@@ -94,5 +97,19 @@ def set_stop_after_batch(trainer: Any, stop: bool) -> None:
     trainer._signal_connector.received_sigterm = stop
 
 
-def stop_after_batch_requested(trainer: Any) -> bool:
-    return bool(trainer.received_sigterm)
+def when_signal_handlers_registered(trainer: Any, then: Any) -> None:
+    """Call ``then()`` each time right after the Trainer installs its signal handlers (in ``Trainer._run``,
+    after the setup hooks and the restore, before the loops start)."""
+    connector = trainer._signal_connector
+    register = type(connector).register_signal_handlers
+
+    def register_then_call() -> None:
+        register(connector)
+        then()
+
+    connector.register_signal_handlers = register_then_call
+
+
+def cluster_environment(trainer: Any) -> Any:
+    """The Trainer's cluster environment (``SLURMEnvironment`` under SLURM), whatever the strategy."""
+    return trainer._accelerator_connector.cluster_environment
