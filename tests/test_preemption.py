@@ -4,6 +4,7 @@ process saves from its normal code and the job is requeued where ``scontrol`` ex
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -20,20 +21,28 @@ RESNET_LIT = str(Path(sys.executable).parent / "resnet-lit")
 STEPS = 8  # 40 images / 4 a batch = 10 steps an epoch: the signals come mid-epoch
 
 
-@pytest.fixture(scope="module")
-def woof_folder(imagewoof_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def woof_tree(imagewoof_root: Path, root: Path) -> Path:
     """40 training and 10 validation photographs of imagewoof-mini as an ImageNet-style folder tree."""
-    root = tmp_path_factory.mktemp("woof")
     extract_folder(imagewoof_root, root / "train", per_class=4, split="train")
     extract_folder(imagewoof_root, root / "val", per_class=1, split="val")
     return root
 
 
-def imagenet_fit_args(run: Path, root: Path, *extra: str, steps: int = STEPS) -> list[str]:
+@pytest.fixture(scope="module")
+def woof_folder(imagewoof_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return woof_tree(imagewoof_root, tmp_path_factory.mktemp("woof"))
+
+
+IMAGENET_CPU = ("configs/r18.yaml", "configs/trainer/cpu.yaml")
+
+
+def imagenet_fit_args(run: Path, root: Path, *extra: str, steps: int = STEPS,
+                      configs: tuple[str, ...] = IMAGENET_CPU) -> list[str]:
     """A small ImageNet-folder fit on the CPU: ResNet-18 at a quarter width on 32-pixel crops,
-    4 images a step, 2 DataLoader workers, every step logged."""
+    4 images a step per device, 2 DataLoader workers, every step logged; ``configs=()`` leaves the
+    configs to the caller (the sbatch template takes them as its own arguments)."""
     return [
-        "--config", "configs/r18.yaml", "--config", "configs/trainer/cpu.yaml",
+        *[item for config in configs for item in ("--config", config)],
         "--data.root", str(root), "--data.batch_size", "4", "--data.num_workers", "2",
         "--data.augmentation", "modern", "--data.train_size", "32", "--data.test_size", "32",
         "--model.width", "0.25", "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "1",
@@ -117,3 +126,33 @@ def test_requeue_signal_without_scontrol_says_so_in_one_line(repo_root: Path, wo
                       "host, as scripts/slurm/train.sbatch does (--signal=B:USR1@90, --stop_on_signal.requeue "
                       "false), or run `scontrol requeue 4242` yourself."], res.stderr[-3000:]
     assert "Traceback" not in res.stderr
+
+
+def _metrics(run: Path) -> list[tuple[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return sorted((r["step"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss"))
+
+
+@pytest.mark.slow
+def test_fit_stopped_by_the_requeue_signal_resumes_mid_epoch_bit_exactly(repo_root: Path, woof_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    """Stopped at step 3 of the 10-step epoch, resumed with `--ckpt_path auto`: the weights and losses of an
+    uninterrupted run. Before the fix the resumed run started its epoch again from the first batch: the
+    r18 recipe's schedule (in epochs) reads the loader's length before the restore, and Lightning then
+    never handed the loader its position."""
+    bin_dir, _ = fake_scontrol(tmp_path / "bin")
+    env = slurm_env(bin_dir)
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    for args in (imagenet_fit_args(reference, woof_folder),
+                 imagenet_fit_args(run, woof_folder, _callback("signal_helpers.SignalAtStep", step=3, who="self",
+                                                               wait_s=0.0)),
+                 imagenet_fit_args(run, woof_folder, "--ckpt_path", "auto")):
+        res = subprocess.run([RESNET_LIT, "fit", *args], cwd=repo_root, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode in (0, 138), res.stderr[-3000:]
+    assert "Restoring states from the checkpoint path at" in res.stderr
+    a = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == STEPS
+    assert [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])] == []
+    assert _metrics(run) == _metrics(reference)

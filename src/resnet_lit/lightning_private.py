@@ -41,6 +41,8 @@ PRIVATE_NAMES = (
     "Trainer._signal_connector.received_sigterm",
     "Trainer._signal_connector.register_signal_handlers",
     "Trainer._accelerator_connector.cluster_environment",
+    # checkpointing.resume.LastCheckpoint gives a resumed run's train loader its position (see below)
+    "Trainer.fit_loop._load_combined_loader_states",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
     "RichProgressBar._get_train_description",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
@@ -95,6 +97,15 @@ def set_stop_after_batch(trainer: Any, stop: bool) -> None:
     """Set (or clear) the flag Lightning's SIGTERM handler sets: the fit loop raises ``SIGTERMException``
     after the batch under way (``trainer.received_sigterm`` is its read-only public face)."""
     trainer._signal_connector.received_sigterm = stop
+
+
+def load_restored_loader_states(trainer: Any) -> None:
+    """Hand the checkpoint's train-loader states (position in the epoch) to the loaders, if they are still
+    waiting. Lightning does it when the fit loop sets up its data, after the restore; but a
+    ``configure_optimizers`` that reads ``estimated_stepping_batches`` or ``num_training_batches`` (a
+    schedule in epochs) has set the data up before the restore, and Lightning 2.6 then never does it:
+    the resumed run starts its epoch again from the first batch."""
+    trainer.fit_loop._load_combined_loader_states()
 
 
 def when_signal_handlers_registered(trainer: Any, then: Any) -> None:

@@ -27,7 +27,11 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from resnet_lit.lightning_private import at_epoch_last_batch, save_checkpoint_unless_saved_this_step
+from resnet_lit.lightning_private import (
+    at_epoch_last_batch,
+    load_restored_loader_states,
+    save_checkpoint_unless_saved_this_step,
+)
 
 AUTO = "auto"
 _HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
@@ -103,6 +107,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_periodic = time.monotonic()
+        load_restored_loader_states(trainer)  # before the epoch's first batch is drawn
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
