@@ -3,9 +3,10 @@
 A SLURM job submitted with ``--requeue`` runs the same command line every time it starts, so
 the command must work both on the very first start (nothing to resume: Lightning's
 ``ckpt_path="hpc"`` raises there, Lightning-AI/pytorch-lightning#20347, and ``"last"`` fails in our CLI)
-and after a preemption (resume from the ``hpc_ckpt_N.ckpt`` that the SIGUSR1 handler wrote in
-the run directory) or a node failure (no hpc checkpoint was written: resume from
-``checkpoints/last.ckpt``). ``auto`` picks the newest of those, or none.
+and after a preemption (SLURM's requeue signal: ``runs.interrupt`` saved ``checkpoints/last.ckpt``)
+or a node failure (resume from the newest ``checkpoints/last.ckpt``). ``auto`` picks the newest of
+that and an ``hpc_ckpt_N.ckpt`` in the run directory (Lightning's own SLURM handler wrote those,
+as older resnet-lit versions let it), or none.
 Picking it ourselves, rather than leaving ``ckpt_path=None`` to Lightning's implicit SLURM
 resume, also lets the CLI read the wandb run id from the checkpoint it resumes.
 

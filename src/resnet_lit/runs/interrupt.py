@@ -65,6 +65,15 @@ def exit_status() -> int:
     return 128 + int(_stopped_by[0] if _stopped_by else signal.SIGTERM)
 
 
+def ignore_termination_while_exiting() -> None:
+    """The process exits after a stop on a signal: a SIGTERM or requeue signal now (srun ending the step
+    because another rank exited first) must not replace the stop's exit status (138 requeues the job)."""
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _tell(trainer: pl.Trainer | None, text: str, error: bool = False) -> None:
     # os.write, not print: this also runs in signal handlers, which may interrupt a print to stderr
     if trainer is None or trainer.is_global_zero:
@@ -95,12 +104,13 @@ class StopOnSignal(Callback):
         self._received: list[int] = []  # by this process, in order
         self._checked_step = -1
         self._start_step = 0
+        self._exiting = False  # stopped on a signal: the process saves and exits
 
     # ----------------------------------------------------------------- handlers
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        self._trainer, self._pid, self._checked_step = trainer, os.getpid(), -1
+        self._trainer, self._pid, self._checked_step, self._exiting = trainer, os.getpid(), -1, False
         self._received.clear()
         _stopped_by.clear()
         environment = cluster_environment(trainer)
@@ -121,6 +131,10 @@ class StopOnSignal(Callback):
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker: the training process acts on it
+            return
+        if self._exiting and signum != signal.SIGINT:
+            # The ranks save and exit. One that exits first makes srun (--kill-on-bad-exit) SIGTERM the
+            # others, whose exit status would then say 143 instead of the stop's (138 requeues the job).
             return
         trainer = self._trainer
         if trainer is None:  # not fitting (any more): behave as before this fit
@@ -143,10 +157,10 @@ class StopOnSignal(Callback):
         return max(1, self.check_every_n_steps or trainer.log_every_n_steps or 1)
 
     def _when(self, trainer: pl.Trainer) -> str:
-        if trainer.world_size == 1:
-            return "after this batch"
         every = self._every(trainer)
-        return f"at step {(trainer.global_step // every + 1) * every}"
+        if trainer.world_size == 1 or every == 1:
+            return "after this batch"
+        return f"when the ranks next agree (every {every} steps)"
 
     # ----------------------------------------------------------------- agreeing to stop
     def _agree(self, trainer: pl.Trainer) -> None:
@@ -194,6 +208,7 @@ class StopOnSignal(Callback):
         if not isinstance(exception, SIGTERMException):
             return
         self._trainer = None  # a signal from here on gets the behaviour from before the fit
+        self._exiting = bool(_stopped_by)
         signum = _stopped_by[0] if _stopped_by else signal.SIGTERM
         name = signal.Signals(signum).name
         last = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)), None)
