@@ -24,14 +24,16 @@ class SignalAtStep(Callback):
     """At the end of the batch that makes global step ``step``, send ``signal`` to this process's
     children (``who="workers"``: the training loader's workers; their pids go to ``record``) or to
     this process (``"self"``), then wait ``wait_s`` for them to act on it. SLURM's
-    ``--signal=USR1@90`` signals every process of the step, workers included."""
+    ``--signal=USR1@90`` signals every process of the step, workers included; ``rank``: only that
+    rank's process."""
 
     def __init__(self, step: int, signal: str = "SIGUSR1", who: str = "workers", record: str | None = None,
-                 wait_s: float = 2.0) -> None:
+                 wait_s: float = 2.0, rank: int | None = None) -> None:
         self.step, self.signal, self.who, self.record, self.wait_s = step, signal, who, record, wait_s
+        self.rank = rank  # only on this global rank (None: every rank)
 
     def on_train_batch_end(self, trainer: Trainer, *args) -> None:
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or self.rank not in (None, trainer.global_rank):
             return
         pids = child_pids(os.getpid()) if self.who == "workers" else [os.getpid()]
         if self.record:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fit_helpers import fit_env
+from fit_helpers import fit_env, small_fit_args
 from signal_helpers import fake_scontrol
 from weights_helpers import extract_folder
 
@@ -156,3 +156,25 @@ def test_fit_stopped_by_the_requeue_signal_resumes_mid_epoch_bit_exactly(repo_ro
     assert a["global_step"] == b["global_step"] == STEPS
     assert [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])] == []
     assert _metrics(run) == _metrics(reference)
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(repo_root: Path, cifar_root: Path,
+                                                                 tmp_path: Path) -> None:
+    """SIGTERM to rank 1 only (of 2 gloo ranks) at step 2; the ranks agree every 2 steps. Before the fix
+    rank 1 stopped alone (Lightning's flag is rank 1's own; only rank 0's is broadcast) and rank 0 was
+    left waiting in a collective."""
+    run = tmp_path / "run"
+    args = small_fit_args(run, root=cifar_root, subset=256, steps=12, batch_size=16, width=0.25,
+                          configs=("configs/cifar10/resnet20.yaml", "configs/trainer/cpu.yaml",
+                                   "configs/trainer/ddp_cpu.yaml"),
+                          extra=["--checkpoint.monitor", "null", "--stop_on_signal.check_every_n_steps", "2",
+                                 "--trainer.strategy.init_args.timeout", "0:00:30",
+                                 _callback("signal_helpers.SignalAtStep", step=2, who="self", signal="SIGTERM",
+                                           rank=1, wait_s=0.0)])
+    res = subprocess.run([RESNET_LIT, "fit", *args], cwd=repo_root, env=fit_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 143, res.stderr[-3000:]
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step in (2, 4), step  # 8 steps an epoch: inside epoch 0, at an agreed step
+    assert f"resnet-lit: SIGTERM: stopped at step {step} (epoch 0); saved" in res.stderr
+    assert "Traceback" not in res.stderr
