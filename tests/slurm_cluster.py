@@ -136,8 +136,9 @@ class SlurmCluster:
         self.pids.clear()
 
 
-def write_conf(root: Path, cpus_per_node: int = 2, real_memory_mb: int = 4000) -> Path:
-    """slurm.conf for two simulated nodes on 127.0.0.1; everything lives under ``root``."""
+def write_conf(root: Path, cpus_per_node: int = 2, real_memory_mb: int = 4000, task_plugin: str = "task/none") -> Path:
+    """slurm.conf for two simulated nodes on 127.0.0.1; everything lives under ``root``. ``task/affinity``
+    binds each task to the CPUs srun gives it, as most clusters do (both nodes share this machine's CPUs)."""
     ctld_port, p1, p2 = _free_ports(3)
     host = socket.gethostname().split(".")[0]
     for d in ("state", "spool/n1", "spool/n2", "log"):
@@ -153,7 +154,7 @@ SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin={task_plugin}
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SwitchType=switch/none
@@ -183,9 +184,10 @@ PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscr
     return conf
 
 
-def start_cluster(root: Path, cpus_per_node: int = 2, timeout: float = 60) -> SlurmCluster:
+def start_cluster(root: Path, cpus_per_node: int = 2, timeout: float = 60,
+                  task_plugin: str = "task/none") -> SlurmCluster:
     """Start slurmctld and two slurmd; return once sinfo shows both nodes idle."""
-    conf = write_conf(root, cpus_per_node)
+    conf = write_conf(root, cpus_per_node, task_plugin=task_plugin)
     cluster = SlurmCluster(root=root, conf=conf, cpus_per_node=cpus_per_node)
     env = cluster.env
     logs = root / "log"

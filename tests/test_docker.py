@@ -59,3 +59,28 @@ def test_dockerignore_keeps_what_the_image_copies(repo_root: Path) -> None:
     assert rules[0] == "**"  # everything excluded, then the copied paths re-included
     for needed in ("pyproject.toml", "README.md", "LICENSE", "src/**", "configs/**"):
         assert f"!{needed}" in rules, needed
+
+
+def test_image_pins_the_versions_the_tests_ran_with(repo_root: Path) -> None:
+    """The base image's torch and the pip pins are the torch, torchvision and lightning installed here
+    (the image pinned torch 2.5.1, never tested), and the InfiniBand user-space libraries are in."""
+    import re
+
+    import lightning
+    import torch
+    import torchvision
+
+    steps = _instructions(repo_root / "docker" / "Dockerfile")
+    base = steps[0][1]
+    tag = re.fullmatch(r"pytorch/pytorch:([0-9.]+)-cuda([0-9.]+)-cudnn\d+-runtime", base)
+    assert tag, base
+    installed = {name: module.__version__.split("+")[0]
+                 for name, module in (("torch", torch), ("torchvision", torchvision), ("lightning", lightning))}
+    assert tag.group(1) == installed["torch"], (base, installed)
+    pip = next(a for k, a in steps if k == "RUN" and "pip install ." in a)
+    pins = dict(re.findall(r"\b(torch|torchvision|lightning)==([0-9.]+)", pip))
+    assert pins == installed, (pins, installed)
+    if torch.version.cuda:  # a CUDA build here: the image's CUDA is the one tested
+        assert tag.group(2) == torch.version.cuda, (base, torch.version.cuda)
+    apt = " ".join(a for k, a in steps if k == "RUN" and "apt-get install" in a)
+    assert {"rdma-core", "ibverbs-providers"} <= set(apt.split()), apt

@@ -37,8 +37,13 @@ PRIVATE_NAMES = (
     "ModelCheckpoint._save_none_monitor_checkpoint",
     "ModelCheckpoint._monitor_candidates",
     "ModelCheckpoint._last_global_step_saved",
-    # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch)
+    # runs.interrupt.StopOnSignal: SIGINT takes Lightning's SIGTERM path (stop after the batch); its own
+    # handlers replace Lightning's right after Lightning registers them; SLURM's requeue signal
     "Trainer._signal_connector.received_sigterm",
+    "Trainer._signal_connector.register_signal_handlers",
+    "Trainer._accelerator_connector.cluster_environment",
+    # checkpointing.resume.LastCheckpoint gives a resumed run's train loader its position (see below)
+    "Trainer.fit_loop._load_combined_loader_states",
     # ImageClassifier.setup: sync_batchnorm's plugin, replaced so that frozen batch norms stay frozen
     "DDPStrategy._layer_sync",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
@@ -97,10 +102,6 @@ def set_stop_after_batch(trainer: Any, stop: bool) -> None:
     trainer._signal_connector.received_sigterm = stop
 
 
-def stop_after_batch_requested(trainer: Any) -> bool:
-    return bool(trainer.received_sigterm)
-
-
 def layer_sync(trainer: Any) -> Any:
     """The plugin the strategy applies to the model for ``sync_batchnorm`` (a ``LayerSync``); None
     without one, or with a strategy for one device."""
@@ -110,3 +111,30 @@ def layer_sync(trainer: Any) -> Any:
 def set_layer_sync(trainer: Any, plugin: Any) -> None:
     """Have the strategy apply ``plugin`` (a ``LayerSync``) instead, when it sets up (after ``setup``)."""
     trainer.strategy._layer_sync = plugin
+
+
+def load_restored_loader_states(trainer: Any) -> None:
+    """Hand the checkpoint's train-loader states (position in the epoch) to the loaders, if they are still
+    waiting. Lightning does it when the fit loop sets up its data, after the restore; but a
+    ``configure_optimizers`` that reads ``estimated_stepping_batches`` or ``num_training_batches`` (a
+    schedule in epochs) has set the data up before the restore, and Lightning 2.6 then never does it:
+    the resumed run starts its epoch again from the first batch."""
+    trainer.fit_loop._load_combined_loader_states()
+
+
+def when_signal_handlers_registered(trainer: Any, then: Any) -> None:
+    """Call ``then()`` each time right after the Trainer installs its signal handlers (in ``Trainer._run``,
+    after the setup hooks and the restore, before the loops start)."""
+    connector = trainer._signal_connector
+    register = type(connector).register_signal_handlers
+
+    def register_then_call() -> None:
+        register(connector)
+        then()
+
+    connector.register_signal_handlers = register_then_call
+
+
+def cluster_environment(trainer: Any) -> Any:
+    """The Trainer's cluster environment (``SLURMEnvironment`` under SLURM), whatever the strategy."""
+    return trainer._accelerator_connector.cluster_environment

@@ -3,9 +3,10 @@
 A SLURM job submitted with ``--requeue`` runs the same command line every time it starts, so
 the command must work both on the very first start (nothing to resume: Lightning's
 ``ckpt_path="hpc"`` raises there, Lightning-AI/pytorch-lightning#20347, and ``"last"`` fails in our CLI)
-and after a preemption (resume from the ``hpc_ckpt_N.ckpt`` that the SIGUSR1 handler wrote in
-the run directory) or a node failure (no hpc checkpoint was written: resume from
-``checkpoints/last.ckpt``). ``auto`` picks the newest of those, or none.
+and after a preemption (SLURM's requeue signal: ``runs.interrupt`` saved ``checkpoints/last.ckpt``)
+or a node failure (resume from the newest ``checkpoints/last.ckpt``). ``auto`` picks the newest of
+that and an ``hpc_ckpt_N.ckpt`` in the run directory (Lightning's own SLURM handler wrote those,
+as older resnet-lit versions let it), or none.
 Picking it ourselves, rather than leaving ``ckpt_path=None`` to Lightning's implicit SLURM
 resume, also lets the CLI read the wandb run id from the checkpoint it resumes.
 
@@ -27,7 +28,11 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from resnet_lit.lightning_private import at_epoch_last_batch, save_checkpoint_unless_saved_this_step
+from resnet_lit.lightning_private import (
+    at_epoch_last_batch,
+    load_restored_loader_states,
+    save_checkpoint_unless_saved_this_step,
+)
 
 AUTO = "auto"
 _HPC = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
@@ -103,6 +108,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_periodic = time.monotonic()
+        load_restored_loader_states(trainer)  # before the epoch's first batch is drawn
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

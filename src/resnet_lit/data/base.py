@@ -13,6 +13,7 @@ the device after the transfer, then, for training batches only, MixUp / CutMix
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,21 @@ from .padding import pad_eval_batch
 from .sharding import ShardSampler
 
 log = logging.getLogger(__name__)
+
+# The signals that stop a fit (runs.interrupt). SLURM sends them to every process of a job step and
+# a terminal's Ctrl-C to the whole foreground process group, DataLoader workers included, while the
+# training process finishes its batch and saves, which needs its workers. In a worker, torch's own
+# SIGTERM handler exits (the training process then fails: "DataLoader worker exited unexpectedly"),
+# SIGUSR1 ran the training process's handler inherited at fork, and without a handler it kills.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores the signals that stop a fit (``_STOP_SIGNALS``).
+    A worker still ends when its loader shuts it down, and by itself once the training process is gone
+    (torch checks every few seconds); only the loader's last resort for a hung worker, a SIGTERM, is lost."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -96,7 +112,7 @@ class ImageDataModule(L.LightningDataModule):
         # lighting, MixUp / CutMix) draws from that global generator: a resumed run, which starts its
         # loaders at other points of the run than an uninterrupted one, would then draw other noise.
         return {"num_workers": self.num_workers, "pin_memory": pin_memory, "persistent_workers": self.num_workers > 0,
-                "generator": torch.Generator().manual_seed(self.hparams.seed)}
+                "generator": torch.Generator().manual_seed(self.hparams.seed), "worker_init_fn": ignore_stop_signals}
 
     # ------------------------------------------------------------------ on the device
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:

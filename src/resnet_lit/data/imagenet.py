@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from .base import ImageDataModule
+from .base import ImageDataModule, ignore_stop_signals
 from .decode import BadImageError
 from .folder import (
     ImageFiles,
@@ -366,7 +366,8 @@ class ImageNetDataModule(ImageDataModule):
             raise ValueError("predict needs predict_path: an image file, a folder of images or a list of them")
         # A plain sequential loader: Lightning shards it across ranks itself when predicting.
         return DataLoader(self.predict_set, batch_size=self.eval_batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(self.hparams.seed))
+                          pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(self.hparams.seed),
+                          worker_init_fn=ignore_stop_signals)
 
     # ------------------------------------------------------------------ on the device
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -41,7 +41,7 @@ from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, s
 from resnet_lit.runs.elastic import fresh_store_for_restart
 from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
 from resnet_lit.runs.flag_errors import check_config_files, one_line, option_strings
-from resnet_lit.runs.interrupt import StopOnSignal, exit_status
+from resnet_lit.runs.interrupt import StopOnSignal, exit_status, ignore_termination_while_exiting
 from resnet_lit.runs.predict import PredictionWriter
 from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
 from resnet_lit.training.classifier import ImageClassifier
@@ -373,7 +373,9 @@ def main(args: list[str] | None = None) -> None:
     silence_noise()
     try:
         _cli(None if from_command_line else args)
-    except SIGTERMException:  # Ctrl-C or SIGTERM: last.ckpt saved and the line printed (runs.interrupt)
+    except SIGTERMException:  # a stop signal: last.ckpt saved and the line printed (runs.interrupt)
+        if from_command_line:
+            ignore_termination_while_exiting()
         raise SystemExit(exit_status()) from None
     except ArgumentError as error:
         # jsonargparse would print a page of usage first; the message alone names the key.
