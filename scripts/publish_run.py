@@ -254,13 +254,15 @@ def schedule_text(r: dict) -> str:
         steps += f" ({r['images'] / 1e6:.2f} M images)"
     sched = r.get("schedule") or {"kind": "step", "milestones": r["milestones"]}
     opt = r.get("optimizer") or {"lr": 0.1}
+    batch, ref = r.get("batch_size", 128), opt.get("reference_batch", r.get("batch_size", 128))
+    lr = opt["lr"] if ref == batch else f"{opt['lr']} per {ref} images ({opt['lr'] * batch / ref:g} at batch {batch})"
     if sched.get("kind", "step") == "step":
         milestones = " and ".join(f"{m:,}" for m in sched["milestones"])
         drops = ", ".join(f"{s:,}" for s in r["lr_drops_logged_at"]) or "none"
-        text = (f"{steps}, lr {opt['lr']} divided by 10 at iterations {milestones} (the lr column, logged "
+        text = (f"{steps}, lr {lr} divided by 10 at iterations {milestones} (the lr column, logged "
                 f"every 50 steps, first shows the drops at steps {drops})")
     else:
-        text = f"{steps}, lr {opt['lr']} on a {sched['kind']} schedule"
+        text = f"{steps}, lr {lr} on a {sched['kind']} schedule"
     if sched.get("warmup_steps"):
         text += (f" after {sched['warmup_steps']:,} steps of {sched.get('warmup_mode', 'linear')} warm-up "
                  f"from {sched.get('warmup_factor')} x")

@@ -149,3 +149,45 @@ class RecordWeights(Callback):
                  if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         with open(Path(self.folder, f"bn{trainer.global_rank}.txt"), "a") as f:
             f.write(json.dumps(modes) + "\n")
+
+
+COLLECTIVES = ("broadcast", "all_reduce", "all_gather", "all_gather_object", "broadcast_object_list", "barrier",
+               "reduce", "gather", "scatter", "all_gather_into_tensor", "reduce_scatter_tensor", "gather_object")
+
+
+class CountCollectives(Callback):
+    """Counts the ``torch.distributed`` collectives of each training step (DDP's gradient all-reduce
+    runs in its C++ reducer and is not among them) and writes ``collectives<rank>.json`` into ``folder``:
+    {k: names of the calls made while ``global_step`` was k}, i.e. from the optimiser step of batch k
+    (its end hooks, logging, checkpointing) to that of batch k + 1 (whatever runs before it)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.per_step: dict[int, list[str]] = {}
+        self.trainer: Trainer | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import torch.distributed as dist
+
+        self.trainer = trainer
+        for name in COLLECTIVES:
+            original = getattr(dist, name, None)
+            if original is not None:
+                setattr(dist, name, self._counting(name, original))
+
+    def _counting(self, name, original):
+        def call(*args, **kwargs):
+            if self.trainer is not None:
+                self.per_step.setdefault(self.trainer.global_step, []).append(name)
+            return original(*args, **kwargs)
+        return call
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self.per_step.setdefault(trainer.global_step, [])
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import json
+
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        self.trainer = None
+        Path(self.folder, f"collectives{trainer.global_rank}.json").write_text(json.dumps(self.per_step))

@@ -45,3 +45,25 @@ def test_two_process_ddp_on_cpu(repo_root: Path, cifar_root: Path, tmp_path: Pat
     assert sorted(logged) == sorted(counts) == [0, 1]
     for epoch, (hits1, seen) in counts.items():
         assert logged[epoch] == pytest.approx(100 * (1 - hits1 / seen), abs=1e-4)
+
+
+def test_no_collective_on_a_training_step_that_does_not_log(repo_root: Path, cifar_root: Path, tmp_path: Path) -> None:
+    """2 gloo ranks, logging every 4 steps, last.ckpt on a time interval: besides DDP's gradient
+    all-reduce, a step that neither logs nor ends an epoch calls no torch.distributed collective (Lightning
+    2.6 broadcasts its SIGTERM flag before every batch, and the time trigger broadcast every step)."""
+    run_dir, folder = tmp_path / "run", tmp_path / "counts"
+    count = {"class_path": "scale_helpers.CountCollectives", "init_args": {"folder": str(folder)}}
+    args = small_fit_args(run_dir, root=cifar_root, subset=512, steps=16, width=0.25,
+                          configs=(*RECIPE, "configs/trainer/ddp_cpu.yaml"),
+                          extra=["--trainer.callbacks+=" + json.dumps(count), "--trainer.log_every_n_steps", "4",
+                                 "--last_checkpoint.train_time_interval", "0:00:01"])
+    res = run_fit(repo_root, args)
+    assert res.returncode == 0, res.stderr[-4000:]
+    for rank in (0, 1):
+        per_step = {int(k): v for k, v in json.loads((folder / f"collectives{rank}.json").read_text()).items()}
+        assert set(range(1, 17)) <= set(per_step)  # 512 images / 2 ranks / 32: 8 steps an epoch, 2 epochs
+        # k: from batch k's optimiser step to batch k + 1's. Batch 4j logs in its training step (k = 4j - 1)
+        # and the ranks agree on a stop after it (k = 4j); epochs end at k = 8, 16.
+        quiet = {step: calls for step, calls in per_step.items() if step % 4 in (1, 2)}
+        assert len(quiet) == 8 and all(calls == [] for calls in quiet.values()), quiet
+        assert all("all_reduce" in per_step[step] for step in (4, 12)), per_step  # the stop agreement

@@ -46,6 +46,8 @@ PRIVATE_NAMES = (
     "Trainer.fit_loop._load_combined_loader_states",
     # ImageClassifier.setup: sync_batchnorm's plugin, replaced so that frozen batch norms stay frozen
     "DDPStrategy._layer_sync",
+    # runs.interrupt.StopOnSignal: the ranks agree on a stop at a cadence; Lightning's per-step broadcast goes
+    "Trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
     "RichProgressBar._get_train_description",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
@@ -138,3 +140,11 @@ def when_signal_handlers_registered(trainer: Any, then: Any) -> None:
 def cluster_environment(trainer: Any) -> Any:
     """The Trainer's cluster environment (``SLURMEnvironment`` under SLURM), whatever the strategy."""
     return trainer._accelerator_connector.cluster_environment
+
+
+def skip_per_step_sigterm_broadcast(trainer: Any) -> None:
+    """Lightning 2.6 broadcasts its SIGTERM flag from rank 0 and reads it back (``.item()``, a host sync)
+    before every training batch when there is more than one rank. ``runs.interrupt.StopOnSignal``
+    replaces that handler and has the ranks agree at a bounded cadence, so the per-step collective
+    only costs time (one round trip per step on every rank): it is turned off for this fit."""
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None

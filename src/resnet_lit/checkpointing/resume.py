@@ -90,7 +90,8 @@ class LastCheckpoint(ModelCheckpoint):
     come on top of the epoch's. A periodic save is taken at a batch's end, the point that resumes
     exactly (loader position included); none on an epoch's last batch, whose state is saved after
     its validation anyway. The file is replaced atomically (``AtomicCheckpointIO``), so training
-    stalls only for the write. Under DDP rank 0's clock decides the time trigger for all ranks.
+    stalls only for the write. Under DDP rank 0's clock decides the time trigger for all ranks, checked
+    on logging steps (``trainer.log_every_n_steps``): no collective on the other steps.
     Its checkpoint state is keyed by its class name and these settings (``state_key``): keep both.
     """
 
@@ -115,10 +116,12 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # no step/time trigger of its own
         if self.every_n_steps is None and self.time_interval is None:
             return
-        due = bool(self.every_n_steps and trainer.global_step % self.every_n_steps == 0)
-        if self.time_interval is not None:
+        due = bool(self.every_n_steps and trainer.global_step % self.every_n_steps == 0)  # alike on every rank
+        # The clocks differ between ranks, so rank 0's decides (one broadcast): on logging steps only,
+        # not every step (a collective per step at 256 ranks); the interval is checked that often.
+        if self.time_interval is not None and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             late = time.monotonic() - self._last_periodic >= self.time_interval.total_seconds()
-            due = bool(trainer.strategy.broadcast(due or late))
+            due = due or bool(trainer.strategy.broadcast(late))
         stopping = 0 < trainer.max_steps <= trainer.global_step  # on_train_end saves it
         if due and not stopping and not at_epoch_last_batch(trainer) and not trainer.sanity_checking:
             save_checkpoint_unless_saved_this_step(self, trainer)

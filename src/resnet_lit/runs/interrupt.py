@@ -54,6 +54,7 @@ from resnet_lit.lightning_private import (
     cluster_environment,
     save_checkpoint_unless_saved_this_step,
     set_stop_after_batch,
+    skip_per_step_sigterm_broadcast,
     when_signal_handlers_registered,
 )
 
@@ -123,6 +124,7 @@ class StopOnSignal(Callback):
         # no SLURM handler, and again right after, replacing its SIGTERM handler.
         self._install()
         when_signal_handlers_registered(trainer, self._install)
+        skip_per_step_sigterm_broadcast(trainer)  # the ranks agree in _agree instead
 
     def _install(self) -> None:
         if self._trainer is not None and threading.current_thread() is threading.main_thread():
