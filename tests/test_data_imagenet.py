@@ -265,3 +265,42 @@ def test_seeded_draws_are_the_seeds_and_leave_the_streams_alone() -> None:
     random.seed(123)
     assert torch.equal(inside[0], torch.rand(3)) and inside[1] == random.random()
     assert torch.equal(after[0], expected[0]) and after[1] == expected[1]
+
+
+def test_each_split_is_walked_once_and_its_listing_shared(woof_jpegs, tmp_path, monkeypatch):
+    """The classes and the training samples come from one walk of the training folder (there were two);
+    after prepare_data (one process per node) another process's DataModule walks nothing: it reads
+    the listing; adding an image to a class folder makes the listing stale and it is walked again."""
+    from bad_images import write_tree
+
+    root = write_tree(tmp_path / "tree", woof_jpegs, per_class=3)
+    walks: list[str] = []
+    scan = image_folder.scan_image_folder
+
+    def counted(split_dir, **kwargs):
+        walks.append(Path(split_dir).name)
+        return scan(split_dir, **kwargs)
+
+    monkeypatch.setattr(image_folder, "scan_image_folder", counted)
+    args = dict(root=str(root), batch_size=2, num_workers=0, cache_dir=str(tmp_path / "cache"))
+    first = ImageNetDataModule(**args)
+    first.prepare_data()
+    first.setup("fit")
+    assert sorted(walks) == ["train", "val"]  # one walk each
+
+    def no_walk(split_dir, **kwargs):
+        raise AssertionError(f"walked {split_dir} again")
+
+    monkeypatch.setattr(image_folder, "scan_image_folder", no_walk)
+    other = ImageNetDataModule(**args)  # another rank: setup only
+    other.setup("fit")
+    assert other.classes == first.classes == ["a", "b"]
+    assert [s for s in other.train_set.samples] == [s for s in first.train_set.samples]
+    assert len(other.val_set.samples) == 6
+
+    (root / "train" / "b" / "new.JPEG").write_bytes(woof_jpegs[0])
+    monkeypatch.setattr(image_folder, "scan_image_folder", counted)
+    walks.clear()
+    third = ImageNetDataModule(**args)
+    third.setup("fit")
+    assert walks == ["train"] and len(third.train_set.samples) == 7

@@ -104,6 +104,47 @@ def scan_image_folder(
     return classes, samples
 
 
+def listed_image_folder(
+    split_dir: Path, *, on_bad_image: str = "error", cache_dir: str | None = None
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """``scan_image_folder``, walked by one process and read by the others: the listing is kept in the
+    cache (``listings/<hash of the folder>.json``), valid while the split folder and its class folders
+    keep their modification times (adding or removing an image changes its class folder's). On a
+    cluster ``ImageNetDataModule.prepare_data`` writes it once per node and every rank reads it,
+    instead of every rank walking all of ImageNet (1.28 M files) on a shared file system. A cache it
+    cannot write to only costs the walk."""
+    import hashlib
+    import json
+
+    split_dir = Path(split_dir)
+    try:
+        stamp = [split_dir.stat().st_mtime_ns] + sorted(
+            (e.name, e.stat().st_mtime_ns) for e in os.scandir(split_dir) if e.is_dir())
+    except OSError:
+        return scan_image_folder(split_dir, on_bad_image=on_bad_image)  # names the missing folder
+    key = hashlib.sha1(f"{split_dir.resolve()}|{on_bad_image}".encode()).hexdigest()[:16]
+    path = cache_root(cache_dir) / "listings" / f"{key}.json"
+    try:
+        kept = json.loads(path.read_text())
+        if kept["stamp"] == json.loads(json.dumps(stamp)):
+            root = str(split_dir)
+            return kept["classes"], [(os.path.join(root, f), label) for f, label in kept["samples"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    classes, samples = scan_image_folder(split_dir, on_bad_image=on_bad_image)
+    root = str(split_dir)
+    listing = {"stamp": stamp, "classes": classes,
+               "samples": [(os.path.relpath(f, root), label) for f, label in samples]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(listing))
+        os.replace(tmp, path)  # readers see the old file or the whole new one
+    except OSError:
+        pass
+    return classes, samples
+
+
 def check_same_classes(a: list[str], b: list[str], a_where: str, b_where: str) -> None:
     """Train and evaluation splits must name the same classes, or labels would mean different things."""
     if a == b:

@@ -34,10 +34,10 @@ from .folder import (
     ImageFiles,
     check_same_classes,
     list_predict_files,
+    listed_image_folder,
     require_path,
     resolve_split,
     scan_files,
-    scan_image_folder,
 )
 from .jpeg_batch import DECODE_CHOICES, EncodedJpeg, JpegBatch, collate_encoded, decode_batch
 from .mixing import check_alphas
@@ -234,11 +234,26 @@ class ImageNetDataModule(ImageDataModule):
                 raise FileNotFoundError(
                     f"no '{name}' split under {root}: expected {root}/{name}/<class>/<images> or {root}/{name}.tar.gz"
                 )
-            classes, samples = scan_image_folder(d, on_bad_image=self.hparams.on_bad_image)
+            classes, samples = self._listing(d)
             where = "the given classes" if self.hparams.classes is not None else f"{root}/{self._first_split()}"
             check_same_classes(self.classes, classes, where, f"{root}/{name}")
             self._splits[name] = samples
         return self._splits[name]
+
+    def _listing(self, split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+        """The classes and samples of a split folder, walked once (``folder.listed_image_folder``)."""
+        return listed_image_folder(split_dir, on_bad_image=self.hparams.on_bad_image,
+                                   cache_dir=self.hparams.cache_dir)
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node before the others set up: it walks each split
+        # folder (extracting archives first) and leaves the listing every rank then reads.
+        if self.hparams.get("shards") is not None or self.hparams.root is None:
+            return
+        for split in ("train", "val", "test"):
+            name = self._split_name(split)
+            if name not in self._splits and self._split_dir(name) is not None:
+                self._samples(name)
 
     def _first_split(self) -> str:
         for name in map(self._split_name, ("train", "val", "test")):
@@ -258,8 +273,8 @@ class ImageNetDataModule(ImageDataModule):
         if self._classes is None and self.hparams.get("shards") is not None:
             self._classes = self._shards().classes
         if self._classes is None:
-            split = self._split_dir(self._first_split())
-            self._classes = scan_image_folder(split, on_bad_image=self.hparams.on_bad_image)[0]
+            name = self._first_split()
+            self._classes, self._splits[name] = self._listing(self._split_dir(name))
         return self._classes
 
     @property
