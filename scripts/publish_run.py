@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_configs = [a for c in args.recipe + args.train_config for a in ("--config", c)]
     max_steps = int(config["trainer"].get("max_steps") or -1)
     if max_steps <= 0:  # a run bounded by epochs: the steps its fit planned
-        from resnet_lit.commands.plan import plan
-        from resnet_lit.runs.cli import parse_fit_config
+        from resnet_lit.commands.plan import parse_fit_config, plan
 
         max_steps = int(plan(parse_fit_config(fit_configs + shlex.split(args.fit_args)))["total_steps"])
     imagewoof = "imagewoof" in str(config["data"]["init_args"].get("root", ""))

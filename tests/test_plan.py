@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from resnet_lit.commands import plan as plan_command
-from resnet_lit.runs.cli import main, parse_fit_config
+from resnet_lit.commands.plan import parse_fit_config
+from resnet_lit.runs.cli import main
 from resnet_lit.training.ema import EMAConfig, ema_at_scale, half_life_steps
 from resnet_lit.training.schedules import ScheduleConfig, lr_factor
 

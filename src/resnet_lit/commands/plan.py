@@ -19,11 +19,18 @@ The arithmetic is the run's own: ``ScheduleConfig.warmup_steps_at`` / ``mileston
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningDataModule
+
+from resnet_lit.runs.cli import ResNetCLI, _fail
+from resnet_lit.runs.console import silence_noise
+from resnet_lit.runs.flag_errors import check_config_files
+from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.ema import EMAConfig, ema_at_scale, half_life_steps
 from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, check_warmup, global_batch_size, scaled_lr
 
@@ -42,8 +49,6 @@ def main(argv: list[str]) -> int:
         return 0
     argv, hint = _take_option(argv, "--data.train_size_hint")
     argv, _ = _take_option(argv, "--ckpt_path")
-    from resnet_lit.runs.cli import parse_fit_config
-
     config = parse_fit_config(argv)
     try:
         lines = plan(config, int(hint) if hint is not None else None)
@@ -52,6 +57,35 @@ def main(argv: list[str]) -> int:
         return 2
     print("\n".join(f"{key}: {value}" for key, value in lines.items()))
     return 0
+
+
+class _ParseOnly(ResNetCLI):
+    """``fit``'s parser and nothing else: no run directory, no model, no data (``resnet-lit plan``)."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_fit_config(args: list[str]) -> Any:
+    """``fit``'s configuration from ``args`` (``fit``'s arguments without the word ``fit``), parsed and
+    checked as ``fit`` parses it, one line on a mistake, nothing instantiated."""
+    check_config_files(args, fail=_fail)
+    silence_noise()
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # nothing is drawn
+    argv, sys.argv = sys.argv, [sys.argv[0], *args]  # as if typed: LightningCLI warns when both are given
+    try:
+        cli = _ParseOnly(
+            ImageClassifier, LightningDataModule, subclass_mode_data=True, seed_everything_default=0,
+            auto_configure_optimizers=False, run=False,
+            parser_kwargs={"description": "resnet-lit plan: fit's arguments", "exit_on_error": False,
+                           "allow_abbrev": False},
+        )
+    finally:
+        sys.argv = argv
+    return cli.config
 
 
 def _take_option(argv: list[str], name: str) -> tuple[list[str], str | None]:

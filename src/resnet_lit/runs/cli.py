@@ -15,7 +15,6 @@ with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -235,35 +234,6 @@ def _at_scale(trainer: Trainer, model: ImageClassifier, datamodule: LightningDat
         trainer.fit_loop.epoch_loop.max_steps = schedule.steps(stated, batch)
         rank_zero_info(f"step counts stated at global batch {schedule.steps_at_batch}, run at {batch}: "
                        f"max_steps {stated} -> {trainer.max_steps} (the same images; `resnet-lit plan` shows all)")
-
-
-class _ParseOnly(ResNetCLI):
-    """``fit``'s parser and nothing else: no run directory, no model, no data (``resnet-lit plan``)."""
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-def parse_fit_config(args: list[str]) -> Any:
-    """``fit``'s configuration from ``args`` (``fit``'s arguments without the word ``fit``), parsed and
-    checked as ``fit`` parses it, one line on a mistake, nothing instantiated."""
-    check_config_files(args, fail=_fail)
-    silence_noise()
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # nothing is drawn
-    argv, sys.argv = sys.argv, [sys.argv[0], *args]  # as if typed: LightningCLI warns when both are given
-    try:
-        cli = _ParseOnly(
-            ImageClassifier, LightningDataModule, subclass_mode_data=True, seed_everything_default=0,
-            auto_configure_optimizers=False, run=False,
-            parser_kwargs={"description": "resnet-lit plan: fit's arguments", "exit_on_error": False,
-                           "allow_abbrev": False},
-        )
-    finally:
-        sys.argv = argv
-    return cli.config
 
 
 def _as_list(value: Any) -> list[Any]:
