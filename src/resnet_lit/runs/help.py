@@ -17,6 +17,7 @@ commands (the Trainer's; `resnet-lit COMMAND --help` lists every option):
   test        evaluate a checkpoint on the test split
   predict     top-5 classes of every image of a folder, as CSV
 tools (`resnet-lit TOOL --help`):
+  plan          fit's arguments in, the run at its scale out: global batch, lr, steps, epochs
   export        a checkpoint to safetensors, torchvision, ONNX, TorchScript or torch.export
   report        Figure 6-style plots and a table of errors from run directories
   imagenet-val  sort ILSVRC-2012's flat validation folder into class folders
