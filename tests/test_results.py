@@ -169,6 +169,24 @@ def test_imagewoof_predictions_come_from_the_published_weights(run: Path, shared
     assert [classes[p] for p in predicted] == [wanted[name]["predicted"] for name in images]
 
 
+@pytest.mark.parametrize("run", IMAGEWOOF, ids=lambda p: p.name)
+def test_docs_set_the_run_beside_its_independent_reference(run: Path):
+    """docs/results.md's Imagewoof pair: resnet-lit's accuracy, wall time and images/s beside the plain
+    torchvision pipeline's, as the committed files hold them."""
+    card = _card(run)
+    ref = json.loads((run / "reference" / "summary.json").read_text())
+    ref_rows = _metrics(run / "reference" / "metrics.csv")
+    assert ref["epochs"] == card["epochs"] and len(ref_rows) == card["epochs"]
+    assert float(ref_rows[-1]["val_acc1"]) == pytest.approx(ref["val_acc1"])
+    doc = (REPO_ROOT / "docs" / "results.md").read_text()
+    section = doc[doc.index("## The ImageNet path: ResNet-50 on Imagewoof"):]
+    line = next(line for line in section.splitlines() if line.startswith("| resnet-lit fit"))
+    ref_line = next(line for line in section.splitlines() if line.startswith("| torchvision reference"))
+    ref_ips = sorted(float(r["train_images_per_s"]) for r in ref_rows)[len(ref_rows) // 2]
+    assert f"**{card['test_acc1']:.2f}**" in line and f"{card['images_per_s_median']:.1f}" in line, line
+    assert f"**{ref['val_acc1']:.2f}**" in ref_line and f"{ref_ips:.1f}" in ref_line, ref_line
+
+
 def test_the_reference_check_agrees_and_docs_quote_its_files():
     """results/reference-check-16k: resnet-lit and the independent reference on the same compressed
     schedule end within 0.5 points, and docs/results.md quotes exactly the figures of those files."""
