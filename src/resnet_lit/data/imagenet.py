@@ -248,8 +248,12 @@ class ImageNetDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before the others set up: it walks each split
         # folder (extracting archives first) and leaves the listing every rank then reads.
-        if self.hparams.get("shards") is not None or self.hparams.root is None:
+        # With the classes given (predict from a checkpoint) no split may be needed or present: setup
+        # reads what its stage needs and names what is missing.
+        if self.hparams.get("shards") is not None or self.hparams.root is None or self._classes is not None:
             return
+        if not Path(self.hparams.root).expanduser().exists():
+            return  # setup says so, in the line it always gave
         for split in ("train", "val", "test"):
             name = self._split_name(split)
             if name not in self._splits and self._split_dir(name) is not None:

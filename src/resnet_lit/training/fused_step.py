@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet_lit.training.compiling import static_options
 from resnet_lit.training.train_accuracy import hit_counts
 
 NOT_ON_PATH = "is not on the model.compile_step path (the whole step compiled as one function)"
@@ -95,7 +94,9 @@ class FusedStep:
         self.grads = [p.grad for p in self.params.values()]
         self.update = inspect.unwrap(type(optimizer).step)  # its code without the graph breaks around it
         optimizer._opt_called = True  # the schedule's check that the optimiser stepped first
-        self._compiled = torch.compile(self._step, **static_options(compile_options))
+        # torch's default dynamic=None here, not compiling.static_options: forced static, this function
+        # compiled again after its first graphs (tests/test_compile_step.py's compiles-once test fails)
+        self._compiled = torch.compile(self._step, **compile_options)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step: the loss (detached) and the top-1 / top-k hits of the batch."""
