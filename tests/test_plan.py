@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from resnet_lit.commands import plan as plan_command
 from resnet_lit.commands.plan import parse_fit_config
@@ -58,16 +59,18 @@ def test_every_config_means_the_same_training_on_one_gpu_and_on_256(path):
     ratio = {"linear": 256, "sqrt": 16, "none": 1}[one["lr"].split(", ")[1].split()[0]]
     assert _first(big["lr"]) == pytest.approx(ratio * _first(one["lr"]), rel=1e-5)
     steps1, steps256 = int(one["steps_per_epoch"]), int(big["steps_per_epoch"])
-    if "steps_at_batch" in one:  # stated in steps at a batch: the same images, to one step's rounding
+    in_steps = (yaml.safe_load((REPO / path).read_text()).get("trainer") or {}).get("max_steps", -1) > 0
+    assert not in_steps or "steps_at_batch" in one, f"{path}: max_steps without schedule.steps_at_batch"
+    if in_steps:  # stated in steps at a batch: the same images, to one step's rounding
         assert abs(int(big["images"]) - int(one["images"])) <= g256, (one["images"], big["images"])
         if not gradual:
             assert abs(int(big["warmup_steps"]) * g256 - int(one["warmup_steps"]) * g1) <= g256
     else:  # stated in epochs
         assert float(big["epochs"]) == float(one["epochs"])
-    if gradual or "steps_at_batch" not in one:  # a warm-up in epochs
+    if gradual or not in_steps:  # a warm-up in epochs
         assert float(big["warmup_epochs"]) == pytest.approx(float(one["warmup_epochs"]), abs=1 / steps256 + 1 / steps1)
     for m1, m256 in zip(eval(one.get("milestones_epochs", "[]")), eval(big.get("milestones_epochs", "[]"))):
-        if "steps_at_batch" in one:
+        if in_steps:
             continue  # compared in images above (an epoch at 256 GPUs drops each rank's remainder)
         assert m256 == pytest.approx(m1, abs=1 / steps256 + 1 / steps1)
     if "ema_half_life_images" in one:
