@@ -63,7 +63,8 @@ def test_metrics_show_the_whole_schedule(run: Path):
     per_epoch = max_steps // card["epochs"] if "epochs" in card else 50_000 // config["data"]["init_args"]["batch_size"]
     key = next(k for k in ("lr-SGD/backbone", "lr") if rows and k in rows[0])
     lrs = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
-    base = config["model"]["optimizer"]["lr"]
+    optimizer = config["model"]["optimizer"]  # the lr per reference batch, scaled linearly to the run's batch
+    base = optimizer["lr"] * config["data"]["init_args"]["batch_size"] / optimizer.get("reference_batch", 128)
     warmup = schedule.get("warmup_steps") or round((schedule.get("warmup_epochs") or 0) * per_epoch)
     factor = schedule.get("warmup_factor")
     for step, lr in lrs:
