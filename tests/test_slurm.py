@@ -32,11 +32,16 @@ STEPS = 12  # 256 images / 2 ranks / 32 per device = 4 steps an epoch: 3 epochs
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """slurmctld + slurmd n1 + slurmd n2 under a temp dir; installs SLURM first if root with apt."""
+    yield from _running_cluster(tmp_path_factory.mktemp("slurm"))
+
+
+def _running_cluster(path: Path, **options: str) -> Iterator[SlurmCluster]:
+    """A started local cluster, stopped afterwards; the test skips (saying why) where SLURM cannot run."""
     ensure_slurm_installed()
     reason = slurm_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    cluster = start_cluster(path, **options)
     try:
         yield cluster
     finally:
@@ -248,15 +253,7 @@ with open(os.path.join(sys.argv[1], "cpus" + os.environ["SLURM_PROCID"] + ".txt"
 @pytest.fixture(scope="module")
 def binding_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A second local cluster whose slurmd bind each task to its CPUs (task/affinity), as most clusters do."""
-    ensure_slurm_installed()
-    reason = slurm_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm_affinity"), task_plugin="task/affinity")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running_cluster(tmp_path_factory.mktemp("slurm_affinity"), task_plugin="task/affinity")
 
 
 def test_each_rank_gets_the_cpus_per_task_of_the_job(binding_cluster: SlurmCluster, repo_root: Path,
