@@ -8,8 +8,9 @@
 (or ``torch.hub.load("<owner>/resnet-lit", ...)`` from GitHub, where ``torch.hub.list`` names
 them all.) Each entry point takes ``create_model``'s options (``num_classes``, ``shortcut``,
 ``width``, ...). ``pretrained=True`` loads the weights that a published run of that network left
-in ``results/<run>/`` (a ``.safetensors``, checked against its sha256 first); the model card beside
-them says how they were trained and how images are preprocessed. Untrained nets need no download.
+in ``results/<run>/`` (a ``.safetensors``, checked against its sha256 first), built as that file
+records (e.g. 10 classes for the Imagewoof ResNet-50); the model card beside them says how they were
+trained and how images are preprocessed. Untrained nets need no download.
 """
 
 from __future__ import annotations
@@ -46,9 +47,23 @@ def published_weights(name: str) -> Path:
                      f"(published: {', '.join(have) or 'none'}); use pretrained=False for an untrained net")
 
 
+def _published_spec(path: Path) -> dict[str, Any]:
+    """The architecture the weights file records (its ``arch_spec``): a published ResNet-50 of
+    Imagewoof has 10 classes, not the family's 1000."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as file:
+        spec = json.loads((file.metadata() or {}).get("arch_spec", "{}"))
+    spec.pop("name", None)
+    return spec
+
+
 def _entry(name: str):
     def entry(pretrained: bool = False, **options: Any):
-        return create_model(name, weights=published_weights(name) if pretrained else None, **options)
+        if not pretrained:
+            return create_model(name, **options)
+        path = published_weights(name)
+        return create_model(name, weights=path, **{**_published_spec(path), **options})
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (f"{name} of He et al. 2015, as resnet_lit.models.create_model({name!r}, **options) builds it; "
