@@ -11,8 +11,8 @@ import torch
 import torchvision
 from weights_helpers import real_batch, with_trained_bn
 
+from resnet_lit.checkpointing.readable import UnsafeCheckpointError
 from resnet_lit.checkpointing.weights import (
-    UnsafeCheckpointError,
     guess_architecture,
     infer_arch,
     load_into,

@@ -184,6 +184,57 @@ def test_resume_from_a_checkpoint_written_in_the_validation_at_an_epoch_end(cach
     assert [int(r["epoch"]) for r in rows if r.get("val/error")] == [0, 1]
 
 
+def test_a_resume_with_flags_that_change_the_training_is_refused(trained_run, cache_dir, tmp_path, capsys):
+    """Lightning's CLI would take the checkpoint's arch and lr over the command's and say nothing; here
+    the command stops, naming each differing key with both values and the way to a new run."""
+    ckpt = str(trained_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path / "other", cache_dir, "--ckpt_path", ckpt, "--model.arch", "resnet56",
+                      "--model.optimizer.lr", "0.05", steps=10))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--ckpt_path {ckpt} was trained otherwise" in err
+    assert "model.arch: checkpoint resnet20, this command resnet56" in err
+    assert "model.optimizer.lr: checkpoint 0.1, this command 0.05" in err
+    assert f"--model.init_weights {ckpt} --run_dir NEW_DIR" in err
+    assert not (tmp_path / "other" / "checkpoints").exists()  # nothing trained
+
+
+def test_a_resume_lists_what_it_changes_on_purpose(trained_run, cache_dir, tmp_path, capsys, caplog):
+    import shutil
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(trained_run, run_dir)
+    main(fit_args(run_dir, cache_dir, "--ckpt_path", "last", "--data.eval_batch_size", "48", steps=8))
+    said = capsys.readouterr().out + caplog.text
+    line = next(line for line in said.splitlines() if "resuming" in line)
+    assert f"resuming --ckpt_path last: {run_dir / 'checkpoints' / 'last.ckpt'} (saved at epoch 0, step 6)" in line
+    assert "changed: data.eval_batch_size" in line and "-> 48" in line and "trainer.max_steps 6 -> 8" in line
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_evaluating_a_checkpoint_of_another_net_or_other_classes_is_refused(trained_run, cache_dir, tmp_path, capsys):
+    """test / validate / predict check what the weights are: the network and its classes (a fine-tune's
+    checkpoint given to the CIFAR-10 config would otherwise report test/error=100 without a word)."""
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    common = ["--config", "configs/cifar10/resnet20.yaml", *CPU, "--data.subset", "64", "--data.cache_dir",
+              str(cache_dir), "--run_dir", str(tmp_path / "eval")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *common, "--model.arch", "resnet32", "--ckpt_path", str(ckpt)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.arch: checkpoint resnet20, this command resnet32" in err and "config.yaml" in err
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["hyper_parameters"]["class_names"] = [f"breed{i}" for i in range(10)]  # another dataset's ten classes
+    torch.save(raw, other := tmp_path / "other_classes.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", *common, "--ckpt_path", str(other)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.class_names: checkpoint [breed0, breed1, breed2, ... (10 items)], this command [airplane" in err
+
+
 def test_a_second_fit_into_the_same_run_dir_is_refused(trained_run, cache_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(fit_args(trained_run, cache_dir))

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.strategies import DDPStrategy
@@ -27,6 +28,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "CSVLogger": CSVLogger(folder),
         "ExperimentWriter": ExperimentWriter(str(folder / "writer")),
         "DDPStrategy": DDPStrategy(),
+        "LightningCLI": LightningCLI,
         "fit_loop_state": trainer.fit_loop.state_dict(),  # what a checkpoint holds under loops/fit_loop
     }
 

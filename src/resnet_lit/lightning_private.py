@@ -56,6 +56,8 @@ PRIVATE_NAMES = (
     "ExperimentWriter._check_log_dir_exists",
     "ExperimentWriter._rewrite_with_new_header",
     "ExperimentWriter._fs",
+    # runs.cli.ResNetCLI: the command line's model arguments stand; the checkpoint is compared, not copied in
+    "LightningCLI._parse_ckpt_path",
 )
 
 
@@ -148,3 +150,12 @@ def skip_per_step_sigterm_broadcast(trainer: Any) -> None:
     replaces that handler and has the ranks agree at a bounded cadence, so the per-step collective
     only costs time (one round trip per step on every rank): it is turned off for this fit."""
     trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+
+class CommandLineOverCheckpoint:
+    """A LightningCLI mixin: ``--ckpt_path`` does not overwrite the configuration's model arguments with
+    the checkpoint's hyperparameters (LightningCLI's ``_parse_ckpt_path``, which drops the command's
+    own flags without a word). checkpointing/resume_plan.py compares the two instead."""
+
+    def _parse_ckpt_path(self) -> None:
+        return None

@@ -6,7 +6,8 @@ Lightning saves weights, optimiser, schedule, loop counters and callback states.
   ``FORMAT`` below: a reader refuses a newer format with one line rather than misread it), and
   what the weights are (``arch_spec``, ``class_names``), for loaders
   that never build the LightningModule (``export``, ``init_weights``), and, in a checkpoint taken
-  inside an epoch, the epoch's training-accuracy counts (``train_counts``, from ``TrainAccuracy``);
+  inside an epoch, the epoch's training-accuracy counts (``train_counts``, from ``TrainAccuracy``),
+  and the run's ``trainer.max_steps``/``max_epochs`` (``trainer``: a resume lists a change);
 * ``checkpoint["wandb_run_id"]``: a resumed run logs on into the same wandb run;
 * each rank's random generators (``RNGState``, a callback state keyed ``"RNGState"``: this
   process's states, and every rank's under ``"ranks"``);
@@ -32,7 +33,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function, reset_seed
 from lightning.pytorch.callbacks import Callback
 
 from resnet_lit import __version__
-from resnet_lit.checkpointing.readable import CheckpointFileError
+from resnet_lit.checkpointing.readable import CheckpointFileError, safe_torch_load
 
 RECORD_KEY = "resnet_lit"
 WANDB_KEY = "wandb_run_id"
@@ -53,6 +54,15 @@ def add_model_record(
         checkpoint[RECORD_KEY]["train_counts"] = train_counts
 
 
+# The trainer settings a resume may change on purpose, recorded to list them when it does (resume_plan.py).
+TRAINER_LIMITS = ("max_steps", "max_epochs")
+
+
+def add_trainer_limits(checkpoint: dict[str, Any], trainer: pl.Trainer) -> None:
+    """Record how long the run was set to train, in the record ``add_model_record`` wrote."""
+    checkpoint.setdefault(RECORD_KEY, {})["trainer"] = {key: getattr(trainer, key) for key in TRAINER_LIMITS}
+
+
 def check_format(checkpoint: Mapping[str, Any], path: str | Path | None = None) -> None:
     """``CheckpointFileError`` if a newer resnet-lit wrote ``checkpoint`` in a format this one cannot read."""
     record = checkpoint.get(RECORD_KEY)
@@ -67,6 +77,32 @@ def check_format(checkpoint: Mapping[str, Any], path: str | Path | None = None) 
         f"this resnet-lit {__version__} reads formats up to {FORMAT}. Upgrade resnet-lit to read it "
         "(pip install -U resnet-lit)."
     )
+
+
+def training_checkpoint_or_none(obj: Any, path: str | Path | None = None) -> dict[str, Any] | None:
+    """``obj`` if it is a Lightning training checkpoint (weights and loop state) that this resnet-lit
+    reads, None if it is something else (a state dict, weights); ``CheckpointFileError`` if a newer
+    resnet-lit wrote it. The one test of "a training checkpoint we can read", wherever one is read."""
+    if not (isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj):
+        return None
+    check_format(obj, path)
+    return obj  # type: ignore[return-value]
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The training checkpoint at ``path`` (tensors and plain data only, memory-mapped), or a
+    ``CheckpointFileError`` whose one line names the file and what to do: empty, cut short, unsafe
+    (``UnsafeCheckpointError``), newer than this resnet-lit, or weights rather than a training state."""
+    checkpoint = training_checkpoint_or_none(safe_torch_load(path), path)
+    if checkpoint is None:
+        raise NotATrainingCheckpoint(
+            f"{path} holds weights, not a training checkpoint (no Lightning state_dict and loop state): "
+            f"to start from these weights, pass --model.init_weights {path} instead.")
+    return checkpoint
+
+
+class NotATrainingCheckpoint(CheckpointFileError):
+    """A weights file given where a run's checkpoint (weights, optimiser, loop state) is needed."""
 
 
 def train_counts_of(checkpoint: dict[str, Any]) -> dict[str, int] | None:

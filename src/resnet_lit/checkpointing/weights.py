@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet_lit.checkpointing.contents import check_format
-from resnet_lit.checkpointing.readable import empty_file_error, is_torch_zip, unreadable
+from resnet_lit.checkpointing.contents import training_checkpoint_or_none
+from resnet_lit.checkpointing.readable import empty_file_error, safe_torch_load, unreadable
 
 log = logging.getLogger("resnet_lit")
 
@@ -40,8 +38,6 @@ _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net",
 # Architecture fields that change what the weights compute; a recorded mismatch is an error even when
 # every tensor shape agrees (e.g. v1 vs v1.5 stride placement, shortcut A vs plain net).
 _ARCH_FIELDS = ("name", "shortcut", "stride_in_1x1", "width", "in_chans")
-# Harmless classes that Lightning hyperparameters may contain (a path is rebuilt from a string).
-_SAFE_GLOBALS = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
 _CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 
@@ -50,58 +46,8 @@ class InitWeightsError(ValueError):
     The CLI prints its message alone, without a traceback."""
 
 
-class UnsafeCheckpointError(ValueError):
-    """The file is a pickle that would import or call arbitrary objects when loaded."""
-
-
 # ----------------------------------------------------------------------------------------------
 # reading files
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """`torch.load` restricted to tensors and plain containers, memory-mapped where the format allows.
-    `CheckpointFileError` when the file is empty, cut short or not a torch file at all."""
-    path = Path(path)
-    empty = empty_file_error(path)
-    if empty is not None:
-        raise empty
-    safe = getattr(torch.serialization, "safe_globals", None)
-
-    def load(mmap: bool) -> Any:
-        kwargs: dict[str, Any] = {"map_location": "cpu", "weights_only": True}
-        if mmap:
-            kwargs["mmap"] = True
-        if safe is None:  # torch < 2.5: no context manager; the allow-list is then simply not used
-            return torch.load(path, **kwargs)
-        with safe(_SAFE_GLOBALS):
-            return torch.load(path, **kwargs)
-
-    try:
-        try:
-            return load(mmap=True)
-        except RuntimeError as e:
-            # mmap needs the zip format (torch >= 1.6 default); legacy files load without it.
-            if "mmap" not in str(e) and "zip" not in str(e):
-                raise
-            return load(mmap=False)
-    except Exception as e:  # noqa: BLE001 - garbage makes the unpickler fail in any way (KeyError, IndexError...)
-        if not isinstance(e, pickle.UnpicklingError) or not (is_torch_zip(path) or "GLOBAL" in str(e)):
-            if is_torch_zip(path):
-                raise  # a whole torch file that fails for another reason: torch's own message
-            raise unreadable(path, e) from None
-        first = str(e).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
-        detail = detail.split(". Please use", 1)[0]  # not torch's advice to allow-list what the file asks for
-        raise UnsafeCheckpointError(
-            f"Refusing to load {path}: it is a pickle that needs more than tensors and plain containers to be "
-            f"read ({detail.strip()}). Unpickling such a file can run arbitrary code, so resnet-lit only loads "
-            f"with torch.load(weights_only=True). If you trust the file and its author, convert it once to a "
-            f"plain state dict, e.g.\n"
-            f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
-            f"sd = c.get('state_dict', c) if isinstance(c, dict) else c.state_dict(); "
-            f"torch.save({{k: v for k, v in sd.items() if hasattr(v, 'shape')}}, '{path.with_suffix('.clean.pt')}')\"\n"
-            f"and pass the new file (or export it to .safetensors)."
-        ) from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -198,8 +144,7 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
     obj = safe_torch_load(path)
     metadata: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
-        check_format(obj, path)  # a newer resnet-lit's checkpoint: say so rather than misread it
+    if training_checkpoint_or_none(obj, path) is not None:  # a newer resnet-lit's: refused, not misread
         hparams = _plain(obj.get("hyper_parameters") or {})
         metadata = {"source": "lightning", "hparams": hparams}
         recorded = obj.get("resnet_lit") if isinstance(obj.get("resnet_lit"), Mapping) else {}

@@ -28,12 +28,20 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from resnet_lit.checkpointing.atomic_write import AtomicCheckpointIO
-from resnet_lit.checkpointing.contents import EpochEndLoopState, RNGState, check_format, wandb_run_id_of
+from resnet_lit.checkpointing.contents import TRAINER_LIMITS, EpochEndLoopState, RNGState, wandb_run_id_of
 from resnet_lit.checkpointing.readable import CheckpointFileError
-from resnet_lit.checkpointing.resume import LastCheckpoint, hpc_checkpoints, resolve_ckpt_path
-from resnet_lit.checkpointing.weights import InitWeightsError, UnsafeCheckpointError, safe_torch_load
+from resnet_lit.checkpointing.resume import LastCheckpoint
+from resnet_lit.checkpointing.resume_plan import (
+    ResumeError,
+    ResumePlan,
+    compare_with_checkpoint,
+    plan_resume,
+    trainer_changes,
+)
+from resnet_lit.checkpointing.weights import InitWeightsError
 from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
+from resnet_lit.lightning_private import CommandLineOverCheckpoint
 from resnet_lit.runs import help as help_text
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, silence_resume_noise
@@ -62,7 +70,7 @@ _RUN_LOCKS: list[RunDirLock] = []  # held until main() returns (tests run severa
 _run_dir: list[Path] = []  # the run directory of the command under way, for the messages of main()
 
 
-class ResNetCLI(LightningCLI):
+class ResNetCLI(CommandLineOverCheckpoint, LightningCLI):
     """LightningCLI with the run directory, checkpointing and logging resnet-lit runs share."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -110,20 +118,6 @@ class ResNetCLI(LightningCLI):
                 raise
             command = next((a for a in (sys.argv[1:] if args is None else args) if a in SUBCOMMANDS), "")
             _fail(f"{line} (`resnet-lit {command + ' ' if command else ''}--help` lists every option)")
-        # Lightning reads the checkpoint's hyperparameters next, with torch.load: a broken file would end
-        # in its traceback. Read it here first: a broken or newer checkpoint is named in one line.
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        self._checkpoint: tuple[str, dict[str, Any]] | None = None
-        if ckpt_path and Path(ckpt_path).is_file():
-            self._checkpoint = (ckpt_path, _read_checkpoint(ckpt_path))
-
-    def _checkpoint_at(self, path: str) -> dict[str, Any]:
-        """The checkpoint at ``path``, read once (``_read_checkpoint``) however many readers ask."""
-        if self._checkpoint is None or self._checkpoint[0] != path:
-            self._checkpoint = (path, _read_checkpoint(path))
-        return self._checkpoint[1]
-
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir  # Lightning's name for it: the run directory if given alone
@@ -143,25 +137,19 @@ class ResNetCLI(LightningCLI):
                 _RUN_LOCKS.append(RunDirLock(run_dir).acquire())
             except RunDirInUse as error:
                 _fail(str(error))
-        ckpt_path = getattr(config, "ckpt_path", None)
-        if self.subcommand == "fit":  # "auto" (requeued SLURM jobs) -> newest hpc/last checkpoint or None
-            config.ckpt_path = ckpt_path = resolve_ckpt_path(ckpt_path, run_dir, config.checkpoint.dirpath)
-        if ckpt_path == "last":  # Lightning would look in a new version folder; ours is fixed
-            last = Path(config.checkpoint.dirpath) / "last.ckpt"
-            if not last.is_file():
-                _fail(f"--ckpt_path last: no checkpoint at {last}. "
-                      "Start a new run without --ckpt_path, or name the checkpoint file.")
-            config.ckpt_path = ckpt_path = str(last)
-        if ckpt_path and not Path(ckpt_path).is_file():
-            _fail(f"--ckpt_path {ckpt_path}: no such file.")
-        checkpoint = self._checkpoint_at(ckpt_path) if ckpt_path else None  # last, auto: read here
-        if ckpt_path and getattr(config, "weights_only", False) is None:
+        try:  # which checkpoint this command starts from, read once (checkpointing/resume_plan.py)
+            self.resume = plan_resume(str(self.subcommand), getattr(config, "ckpt_path", None), run_dir,
+                                      config.checkpoint.dirpath)
+        except ResumeError as error:
+            _fail(str(error))
+        checkpoint = self.resume.checkpoint
+        if hasattr(config, "ckpt_path"):
+            config.ckpt_path = self.resume.ckpt_path
+        if checkpoint is not None and getattr(config, "weights_only", False) is None:
             config.weights_only = True  # our checkpoints hold plain data: never unpickle code
-        if self.subcommand == "fit" and not ckpt_path:
-            _refuse_to_overwrite(Path(config.checkpoint.dirpath), run_dir)
         if self.subcommand == "predict" and checkpoint is not None:
             _classes_from_checkpoint(config, checkpoint)
-        if self.subcommand in ("validate", "test", "predict") and not ckpt_path and not config.model.init_weights:
+        if self.subcommand in ("validate", "test", "predict") and checkpoint is None and not config.model.init_weights:
             _fail(
                 f"{self.subcommand} needs trained weights, or it would evaluate a randomly initialised network: "
                 "--ckpt_path PATH (a run's checkpoint; "
@@ -173,7 +161,23 @@ class ResNetCLI(LightningCLI):
         run_id = wandb_run_id_of(checkpoint) if checkpoint is not None else None
         for logger in _as_list(config.trainer.logger):
             _place_logger(logger, log_dir, run_id, appending=self.subcommand == "fit")
-        self._checkpoint = None  # Lightning reads the file again when it restores: no copy kept meanwhile
+
+    def after_instantiate_classes(self) -> None:
+        # The built model and data against the checkpoint: what defines the training must agree; what a
+        # resume may change is listed (checkpointing/resume_plan.py). Then the copy is dropped: Lightning
+        # reads the file again when it restores.
+        super().after_instantiate_classes()
+        plan, self._resume_line = self.resume, None
+        if plan.checkpoint is not None:
+            try:
+                changes = compare_with_checkpoint(plan, str(self.subcommand), dict(self.model.hparams),
+                                                  getattr(self.datamodule, "hparams", None))
+            except ResumeError as error:
+                _fail(str(error))
+            changes += trainer_changes(plan, {key: getattr(self.trainer, key) for key in TRAINER_LIMITS})
+            self._resume_line = (f"resuming {plan.why} ({plan.position}); "
+                                 + (f"changed: {', '.join(changes)}" if changes else "nothing changed"))
+        self.resume = ResumePlan(plan.ckpt_path, plan.why, None)
 
     def instantiate_classes(self) -> None:
         # A bad value the parser could not see (an unknown arch, a data folder that is not there)
@@ -205,6 +209,8 @@ class ResNetCLI(LightningCLI):
         fresh_store_for_restart()  # torchrun --max-restarts: the restarted group must not meet on stale keys
         if self.config_init[self.subcommand].get("ckpt_path"):
             silence_resume_noise()
+        if self._resume_line:
+            rank_zero_info(self._resume_line)
         print_model_line(self.model)
         cpu_note(self.trainer, self.model)
 
@@ -269,29 +275,6 @@ def _classes_from_checkpoint(config: Any, checkpoint: dict[str, Any]) -> None:
     hparams = checkpoint.get("hyper_parameters", {})
     if hparams.get("class_names"):
         init_args.classes = list(hparams["class_names"])
-
-
-def _read_checkpoint(path: str) -> dict[str, Any]:
-    """A Lightning checkpoint that this resnet-lit can resume or evaluate, or one line saying why not."""
-    try:
-        checkpoint = safe_torch_load(path)
-        if isinstance(checkpoint, dict) and "state_dict" in checkpoint and "pytorch-lightning_version" in checkpoint:
-            check_format(checkpoint, path)
-            return checkpoint
-    except (CheckpointFileError, UnsafeCheckpointError) as error:
-        _fail(f"--ckpt_path {error}")
-    _fail(f"--ckpt_path {path} holds weights, not a training checkpoint (no Lightning state_dict and loop state): "
-          f"to start from these weights, pass --model.init_weights {path} instead.")
-    raise AssertionError  # _fail exits
-
-
-def _refuse_to_overwrite(checkpoint_dir: Path, run_dir: Path) -> None:
-    # hpc checkpoints live in the run directory (Lightning's SLURM handler), wherever dirpath points
-    if (checkpoint_dir / "last.ckpt").exists() and not hpc_checkpoints(run_dir):
-        _fail(
-            f"{checkpoint_dir / 'last.ckpt'} exists: this run directory already holds a run. "
-            "Resume it with `--ckpt_path last`, or start a new one with `--run_dir <new directory>`."
-        )
 
 
 def _fail(message: str) -> None:

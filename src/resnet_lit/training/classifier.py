@@ -19,7 +19,13 @@ from lightning.pytorch.plugins import TorchSyncBatchNorm
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from resnet_lit.checkpointing.contents import add_model_record, add_wandb_run_id, check_format, train_counts_of
+from resnet_lit.checkpointing.contents import (
+    add_model_record,
+    add_trainer_limits,
+    add_wandb_run_id,
+    check_format,
+    train_counts_of,
+)
 from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
 from resnet_lit.lightning_private import count_optimizer_step, layer_sync, set_layer_sync, should_update_logs
@@ -316,6 +322,7 @@ class ImageClassifier(pl.LightningModule):
         add_model_record(checkpoint, self.model.arch_spec, self.hparams.class_names, counts)
         if self._trainer is not None:
             add_wandb_run_id(checkpoint, self.trainer)
+            add_trainer_limits(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_format(checkpoint)  # a newer resnet-lit's checkpoint: one clear line, before any key is read

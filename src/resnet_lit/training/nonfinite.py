@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from resnet_lit.checkpointing.contents import read_training_checkpoint
+from resnet_lit.checkpointing.readable import CheckpointFileError
 from resnet_lit.checkpointing.resume import LastCheckpoint, find_resume_checkpoint
 
 _NONE = 2**62  # "no bad step yet" in the device record
@@ -108,9 +110,9 @@ def last_good_checkpoint(trainer: Any) -> tuple[Path | None, int | None]:
     found = find_resume_checkpoint(trainer.default_root_dir, dirs[0]) if dirs and dirs[0] else None
     if found is None:
         return None, None
-    try:  # mmap: reads the step, not the weights
-        return found, int(torch.load(found, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:  # noqa: BLE001 - the message can do without the step
+    try:  # memory-mapped: reads the step, not the weights
+        return found, int(read_training_checkpoint(found)["global_step"])
+    except (CheckpointFileError, KeyError, OSError):  # the message can do without the step
         return found, None
 
 
