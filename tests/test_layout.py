@@ -81,3 +81,30 @@ def test_no_module_past_about_400_lines() -> None:
     long = {str(p.relative_to(SRC)): n for p in (SRC / "resnet_lit").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long
+
+
+def test_the_classifier_stays_small() -> None:
+    """ImageClassifier wires the pieces (training/*.py hold them): about 200 lines, 230 at most."""
+    import inspect
+
+    from resnet_lit.training.classifier import ImageClassifier
+
+    assert len(inspect.getsource(ImageClassifier).splitlines()) <= 230
+
+
+def test_resume_lives_in_checkpointing() -> None:
+    """How resume works is answered from one folder: the plan, the one reader of training checkpoints,
+    the callbacks whose state makes it exact; no module elsewhere loads a checkpoint with torch.load."""
+    from resnet_lit.checkpointing import contents, resume, resume_plan
+
+    assert {resume_plan.plan_resume.__module__, resume_plan.compare_with_checkpoint.__module__,
+            contents.read_training_checkpoint.__module__, resume.LastCheckpoint.__module__,
+            contents.RNGState.__module__, contents.EpochEndLoopState.__module__} <= {
+        "resnet_lit.checkpointing.resume_plan", "resnet_lit.checkpointing.contents", "resnet_lit.checkpointing.resume"}
+    loaders = []
+    for path in sorted((SRC / "resnet_lit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "load" and getattr(node.value, "id", "") == "torch":
+                loaders.append(path.relative_to(SRC / "resnet_lit").as_posix())
+    # data/cache.py loads its own decoded-image cache, not a checkpoint
+    assert sorted(set(loaders)) == ["checkpointing/readable.py", "data/cache.py"]

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from resnet_lit.checkpointing.contents import training_checkpoint_or_none
-from resnet_lit.checkpointing.readable import empty_file_error, safe_torch_load, unreadable
+from resnet_lit.checkpointing.readable import CheckpointFileError, empty_file_error, safe_torch_load, unreadable
 
 log = logging.getLogger("resnet_lit")
 
@@ -340,6 +341,18 @@ def load_into(
         raise ValueError(msg)
     model.load_state_dict(state_dict, strict=True)
     return []
+
+
+def load_init_weights(model: nn.Module, path: str | Path, num_classes_change: str = "reinit") -> None:
+    """``ImageClassifier``'s ``init_weights`` into ``model``, in place; ``InitWeightsError`` (whose message
+    the CLI prints alone) if they cannot be: missing, broken, unsafe, or another net's weights."""
+    try:
+        load_weights(model, path, num_classes_change=num_classes_change)
+    except CheckpointFileError as error:  # empty, cut short, not weights: the message names the file
+        raise InitWeightsError(f"init_weights: {error}") from error
+    except (OSError, ValueError) as error:  # missing, unsafe, or another net's weights
+        raise InitWeightsError(f"init_weights {path}: {error}") from error
+    rank_zero_info(f"initial weights from {path}")
 
 
 def load_weights(model: nn.Module, path: str | Path, *, num_classes_change: str = "reinit") -> dict[str, Any]:

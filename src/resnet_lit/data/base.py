@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -60,9 +60,6 @@ class ImageDataModule(L.LightningDataModule):
         self._skipped_logged = 0
         self._mixing: Mixing | None = None
         self._mixing_built = False
-        # True while a model augments training batches inside its own compiled step (ImageClassifier's
-        # compile_step): the hook then hands training batches over as the loader made them
-        self.defer_train_batch = False
 
     # ------------------------------------------------------------------ settings
     @property
@@ -171,23 +168,18 @@ class ImageDataModule(L.LightningDataModule):
             return batch
         if isinstance(x, (list, tuple)):  # multi-scale test views
             return [self.transform_batch(v, train=False) for v in x], target
-        if train:
-            return batch if self.defer_train_batch else self.train_batch(x, target)
+        if train:  # a model that compiled train_batch_fn into its step augments the batch itself
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            return batch if getattr(model, "augments_training_batches", False) else self.train_batch(x, target)
         return self.transform_batch(x, train), target
 
-    def defer_train_batches(self, device: torch.device) -> Any:
-        """From now on, hand training batches over as the loader made them; returns ``train_batch``,
-        which a model's compiled step then calls itself. What it reads (the statistics on ``device``,
-        the mixing) is built now, outside the compiled code, so that none of it changes later."""
+    def train_batch_fn(self, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], tuple[Any, Any]]:
+        """``train_batch`` as a function of the batch alone, for a model that compiles it into its own
+        step (ImageClassifier's ``compile_step``). What it reads (the statistics on ``device``, the
+        mixing) is built now, outside the compiled code, so that none of it changes later."""
         self.statistics_on(device)
         _ = self.mixing
-        self.defer_train_batch = True
         return self.train_batch
-
-    def on_exception(self, exception: BaseException) -> None:
-        """A run that failed (Lightning calls this): training batches are augmented here again, as they
-        were before a compiled step deferred them, for the next fit with this DataModule."""
-        self.defer_train_batch = False
 
     def train_batch(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A uint8 training batch on the device -> augmented and normalised, then MixUp / CutMix if on."""

@@ -9,14 +9,12 @@ so state-dict keys are the same with ``compile`` on or off.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins import TorchSyncBatchNorm
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from resnet_lit.checkpointing.contents import (
@@ -26,15 +24,14 @@ from resnet_lit.checkpointing.contents import (
     check_format,
     train_counts_of,
 )
-from resnet_lit.checkpointing.readable import CheckpointFileError
-from resnet_lit.checkpointing.weights import InitWeightsError, load_weights
-from resnet_lit.lightning_private import count_optimizer_step, layer_sync, set_layer_sync, should_update_logs
+from resnet_lit.checkpointing.weights import load_init_weights
+from resnet_lit.lightning_private import layer_sync, set_layer_sync, should_update_logs
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
 from resnet_lit.training.ema import EMAConfig, EMAWeights, ema_at_scale
 from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
-from resnet_lit.training.finetune import Freeze, SyncUnfrozenBatchNorm, apply_freeze
-from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float, lr_as_tensor
+from resnet_lit.training.finetune import Freeze, SyncUnfrozenBatchNorm, apply_freeze, weights_from_rank_zero
+from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float
 from resnet_lit.training.losses import LossKind, build_loss
 from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
 from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training, global_batch_of
@@ -133,6 +130,7 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError("model.compile_step needs model.compile: true, or its options ({mode: reduce-overhead})")
         self.automatic_optimization = not compile_step  # the compiled step makes the update itself
         self._fused: FusedStep | None = None
+        self.augments_training_batches = False  # see on_train_start
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -150,29 +148,13 @@ class ImageClassifier(pl.LightningModule):
         # own weights and never reads init_weights again, which may be gone by then.
         if self.hparams.init_weights and self.trainer.ckpt_path is None:
             self.load_init_weights()
-            self._weights_from_rank_zero()
-
-    def _weights_from_rank_zero(self) -> None:
-        """Every rank takes rank 0's weights and buffers. DDP sent them once, when it wrapped the model;
-        weights loaded after that differ between ranks wherever they were drawn (a classifier
-        re-initialised for another class count draws from each rank's own generator, RNGState)."""
-        if self.trainer.world_size == 1 or not torch.distributed.is_initialized():
-            return
-        with torch.no_grad():
-            for tensor in (*self.model.parameters(), *self.model.buffers()):
-                torch.distributed.broadcast(tensor, src=0)
+            weights_from_rank_zero(self.model, self.trainer)
 
     def load_init_weights(self, num_classes_change: str = "reinit") -> None:
         """``init_weights`` into the backbone, in place; InitWeightsError if they cannot be. The CLI
         also calls this for validate / test / predict without a checkpoint, with
         ``num_classes_change="error"``: a classifier re-initialised at random measures nothing."""
-        try:
-            load_weights(self.model, self.hparams.init_weights, num_classes_change=num_classes_change)  # in place
-        except CheckpointFileError as error:  # empty, cut short, not weights: the message names the file
-            raise InitWeightsError(f"init_weights: {error}") from error
-        except (OSError, ValueError) as error:  # missing, unsafe, or another net's weights
-            raise InitWeightsError(f"init_weights {self.hparams.init_weights}: {error}") from error
-        rank_zero_info(f"initial weights from {self.hparams.init_weights}")
+        load_init_weights(self.model, self.hparams.init_weights, num_classes_change)
 
     # --------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,8 +175,8 @@ class ImageClassifier(pl.LightningModule):
 
     # -------------------------------------------------------------------------------- training
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.hparams.compile_step:
-            return self._compiled_training_step(batch)
+        if self._fused is not None:
+            return self._fused.training_step(self, batch)
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
@@ -206,57 +188,16 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def _log_training_figures(self, loss: torch.Tensor) -> None:
-        """On logging steps: the loss, and the epoch's error so far (train/error is the whole epoch's,
-        at its end), so that runs shorter than an epoch have a training-error curve too."""
+        """The loss and the epoch's error so far (train/error is the epoch's own): a curve for short runs too."""
         self.log("train/loss", loss, prog_bar=True)
         rates = self.train_accuracy.compute(self._sum_over_ranks, self.device, reset=False)
         if rates is not None:
             self.log("train/error_running", 100 * (1 - rates[0]), rank_zero_only=True)
 
-    def _compiled_training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``compile_step``: one compiled call updates the weights (training/fused_step.py); Lightning
-        counts the step, the schedule moves on; the host waits for the device only on logging steps."""
-        x, y = batch
-        trainer = self.trainer
-        if should_update_logs(trainer):  # before this step's update, as on the default path
-            self._nonfinite.stop_if_bad(trainer)
-        loss, hits = self._fused.step(x, y)
-        self.train_accuracy.add(hits, y.shape[0])
-        self._nonfinite.update(loss, trainer.global_step, self._lr_of_step())
-        count_optimizer_step(trainer)
-        for config in trainer.lr_scheduler_configs:
-            config.scheduler.step()
-        if should_update_logs(trainer):
-            self._log_training_figures(loss)
-        return loss
-
     def on_train_start(self) -> None:
         if self.hparams.compile_step:  # here, not in setup: a resume has restored the optimiser's state by now
-            self._fused = self._build_fused_step()
-
-    def on_train_end(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.hparams.compile_step and datamodule is not None:
-            datamodule.defer_train_batch = False
-
-    def _build_fused_step(self) -> FusedStep:
-        optimizer = self.trainer.optimizers[0]
-        lr_as_tensor(optimizer, self.device)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        defer = getattr(datamodule, "defer_train_batches", None)  # ImageDataModule's: augmented in the step
-        prepare = defer(self.device) if defer is not None else None
-        options = {} if self.hparams.compile is True else dict(self.hparams.compile)
-        return FusedStep(self.model, self.criterion, optimizer, prepare, self._top5, self.hparams.channels_last,
-                         options)
-
-    def _lr_of_step(self) -> float:
-        """The first group's lr as a float, from the schedule (no device read)."""
-        configs = self.trainer.lr_scheduler_configs
-        scheduler = configs[0].scheduler if configs else None
-        lambdas, base = getattr(scheduler, "lr_lambdas", None), getattr(scheduler, "base_lrs", None)
-        if lambdas and base:
-            return float(base[0]) * lambdas[0](scheduler.last_epoch)
-        return math.nan
+            self._fused = FusedStep.of(self)
+            self.augments_training_batches = self._fused.prepare is not None  # read by the DataModule's hook
 
     def on_train_epoch_start(self) -> None:
         # (Lightning skips this hook when it resumes a run mid-epoch: on_load_checkpoint's counts stay.)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, get_args
 
+import torch
 from lightning.pytorch.plugins import TorchSyncBatchNorm
 from torch import nn
 
@@ -146,3 +147,14 @@ def param_groups(
     if not out:
         raise ValueError("no trainable parameters: everything is frozen (check freeze / backbone_lr_scale)")
     return out
+
+
+def weights_from_rank_zero(model: nn.Module, trainer: Any) -> None:
+    """Every rank takes rank 0's weights and buffers. DDP sent them once, when it wrapped the model;
+    weights loaded after that (``init_weights`` in ``on_fit_start``) differ between ranks wherever they
+    were drawn (a classifier re-initialised for another class count draws from each rank's own generator)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            torch.distributed.broadcast(tensor, src=0)

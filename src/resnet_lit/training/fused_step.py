@@ -3,7 +3,7 @@
 The default path compiles the backbone only: Lightning runs the augmentation, the loss, the backward
 pass and the optimiser step around it, each op launched from Python. With ``compile_step`` one
 ``torch.compile``'d function does all of it: the on-device augmentation of the uint8 batch (the
-DataModule's ``train_batch``), the forward pass, the loss, the gradients (``torch.func.grad_and_value``
+DataModule's ``train_batch_fn``), the forward pass, the loss, the gradients (``torch.func.grad_and_value``
 over ``torch.func.functional_call``, so the backward pass is in the same graph), the batch-norm
 running statistics, the top-1/top-k hit counts and the optimiser update (the optimiser's own
 ``step`` code, traced: ``torch.optim``'s graph breaks around ``step`` are skipped, and the learning
@@ -22,12 +22,14 @@ process (the functional gradients bypass DDP's all-reduce). docs/benchmarks.md h
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from resnet_lit.lightning_private import count_optimizer_step, should_update_logs
 from resnet_lit.training.train_accuracy import hit_counts
 
 NOT_ON_PATH = "is not on the model.compile_step path (the whole step compiled as one function)"
@@ -74,7 +76,7 @@ class FusedStep:
         criterion: the training loss ``(logits, y) -> loss``.
         optimizer: a ``torch.optim.Optimizer`` over the trainable parameters.
         prepare: ``(x, y) -> (x, y)`` on the device before the forward pass (the DataModule's
-            augmentation), or None.
+            ``train_batch_fn``: augmentation, normalisation, mixing), or None.
         top_k: the k of the top-k hit count.
         channels_last: feed the network NHWC input.
         compile_options: ``torch.compile`` keyword arguments (``backend``, ``mode``, ``fullgraph``, ``dynamic``).
@@ -97,6 +99,38 @@ class FusedStep:
         # torch's default dynamic=None here, not compiling.static_options: forced static, this function
         # compiled again after its first graphs (tests/test_compile_step.py's compiles-once test fails)
         self._compiled = torch.compile(self._step, **compile_options)
+
+    @classmethod
+    def of(cls, module: Any) -> FusedStep:
+        """The compiled step of an ``ImageClassifier`` at the start of its fit (the optimiser's state is
+        restored by then). The augmentation it compiles in is the DataModule's ``train_batch_fn``: a
+        function of the batch alone, asked for once; the module's ``augments_training_batches`` then
+        tells the DataModule's transfer hook to hand training batches over as the loader made them."""
+        trainer = module.trainer
+        optimizer = trainer.optimizers[0]
+        lr_as_tensor(optimizer, module.device)
+        train_batch_fn = getattr(getattr(trainer, "datamodule", None), "train_batch_fn", None)
+        prepare = train_batch_fn(module.device) if train_batch_fn is not None else None
+        options = {} if module.hparams.compile is True else dict(module.hparams.compile)
+        return cls(module.model, module.criterion, optimizer, prepare, module._top5, module.hparams.channels_last,
+                   options)
+
+    def training_step(self, module: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``ImageClassifier.training_step`` on this path: one compiled call updates the weights; Lightning
+        counts the step, the schedule moves on; the host waits for the device only on logging steps."""
+        x, y = batch
+        trainer = module.trainer
+        if should_update_logs(trainer):  # before this step's update, as on the default path
+            module._nonfinite.stop_if_bad(trainer)
+        loss, hits = self.step(x, y)
+        module.train_accuracy.add(hits, y.shape[0])
+        module._nonfinite.update(loss, trainer.global_step, _lr_of_step(trainer))
+        count_optimizer_step(trainer)
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.step()
+        if should_update_logs(trainer):
+            module._log_training_figures(loss)
+        return loss
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step: the loss (detached) and the top-1 / top-k hits of the batch."""
@@ -127,3 +161,13 @@ class FusedStep:
             torch._foreach_copy_(self.grads, [grads[n] for n in self.params])
             self.update(self.optimizer)
         return loss.detach(), hits
+
+
+def _lr_of_step(trainer: Any) -> float:
+    """The first group's lr as a float, from the schedule (no device read)."""
+    configs = trainer.lr_scheduler_configs
+    scheduler = configs[0].scheduler if configs else None
+    lambdas, base = getattr(scheduler, "lr_lambdas", None), getattr(scheduler, "base_lrs", None)
+    if lambdas and base:
+        return float(base[0]) * lambdas[0](scheduler.last_epoch)
+    return math.nan
