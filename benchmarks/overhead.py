@@ -89,7 +89,8 @@ def bare_run(args: argparse.Namespace, hand: "HandLoop") -> dict[str, float]:
 
     from resnet_lit.data import CIFARDataModule
     from resnet_lit.training.classifier import ImageClassifier
-    from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig
+    from resnet_lit.training.optimizers import OptimizerConfig
+    from resnet_lit.training.schedules import ScheduleConfig
 
     gpu = args.device == "cuda"
     dm = CIFARDataModule(str(args.data_root), batch_size=args.batch)

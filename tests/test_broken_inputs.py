@@ -24,7 +24,7 @@ from resnet_lit.models import create_model
 from resnet_lit.runs.cli import main
 from resnet_lit.training.classifier import ImageClassifier
 
-OLD = Path(__file__).parent / "fixtures" / "checkpoint_0.1.0" / "step02.ckpt"  # a real ResNet-20 checkpoint
+OLD = Path(__file__).parent / "fixtures" / "resnet20_step02.ckpt"  # a real quarter-width ResNet-20 checkpoint, step 2
 CONFIGS = [item for config in RECIPE for item in ("--config", config)]
 
 
@@ -134,14 +134,12 @@ def test_python_readers_raise_one_line_naming_the_file(kind: str, tmp_path: Path
 # ------------------------------------------------------------------------------------ checkpoint format
 
 
-def test_checkpoints_record_version_and_format_and_old_ones_still_load(tmp_path: Path) -> None:
+def test_checkpoints_record_version_and_format(tmp_path: Path) -> None:
     model = ImageClassifier(arch="resnet20", num_classes=10, width=0.25)
     checkpoint: dict = {}
     model.on_save_checkpoint(checkpoint)
     assert checkpoint["resnet_lit"]["version"] == resnet_lit.__version__
     assert checkpoint["resnet_lit"]["format"] == FORMAT
-    # 0.1.0 wrote no number: it is format 1 and loads (test_compat.py loads it every other way)
-    assert "format" not in torch.load(OLD, map_location="cpu", weights_only=True)["resnet_lit"]
     assert ImageClassifier.load_from_checkpoint(OLD, map_location="cpu").hparams.arch == "resnet20"
 
 

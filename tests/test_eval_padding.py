@@ -20,7 +20,7 @@ from weights_helpers import extract_folder, read_imagewoof
 from resnet_lit.data import CIFARDataModule, ImageNetDataModule
 from resnet_lit.data.decode import SKIPPED_LABEL
 from resnet_lit.data.padding import PADDED_LABEL, pad_eval_batch
-from resnet_lit.runs.predict import PredictionWriter
+from resnet_lit.runs.prediction_writer import PredictionWriter
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.eval_metrics import EvalMetrics
 

@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Each subpackage imports only from its own layer or below. The top-level modules (the lazy API in
-# __init__, __main__, lightning_private, _moved) are not layered: lightning_private is a leaf that
+# __init__, __main__, _version, lightning_private) are not layered: lightning_private is a leaf that
 # any layer may use, and __init__/__main__ only name what is below them.
 LAYERS = {"models": 0, "data": 1, "checkpointing": 1, "training": 2, "runs": 3, "commands": 3}
 

@@ -12,7 +12,7 @@ import torch
 from weights_helpers import extract_folder, read_imagewoof
 
 from resnet_lit.runs.cli import main
-from resnet_lit.runs.predict import PredictionWriter, class_names_for
+from resnet_lit.runs.prediction_writer import PredictionWriter, class_names_for
 from resnet_lit.training.classifier import ImageClassifier
 
 

@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 
 from resnet_lit import CIFARDataModule, ImageClassifier
 from resnet_lit.runs.callbacks import LineProgress, StepRichProgressBar
-from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig
+from resnet_lit.training.optimizers import OptimizerConfig
+from resnet_lit.training.schedules import ScheduleConfig
 
 
 def _fit(cifar_root: Path, cache: Path, bar: pl.Callback, steps: int = 3) -> None:

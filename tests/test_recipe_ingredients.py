@@ -18,8 +18,7 @@ from resnet_lit.data.decode import SKIPPED_LABEL
 from resnet_lit.models import create_model
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.losses import BinaryCrossEntropy, build_loss
-from resnet_lit.training.optimizers import optimizer_class
-from resnet_lit.training.schedules import OptimizerConfig, build_optimizer, scaled_lr
+from resnet_lit.training.optimizers import OptimizerConfig, build_optimizer, optimizer_class, scaled_lr
 from resnet_lit.training.train_accuracy import TrainAccuracy
 
 

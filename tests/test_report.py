@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from resnet_lit import report
+from resnet_lit.commands import report
 
 STEPS_PER_EPOCH = 50
 

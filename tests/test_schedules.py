@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from resnet_lit.training.classifier import ImageClassifier
-from resnet_lit.training.schedules import ScheduleConfig, global_batch_size, lr_factor, scaled_lr
+from resnet_lit.training.optimizers import scaled_lr
+from resnet_lit.training.schedules import ScheduleConfig, global_batch_size, lr_factor
 
 
 def _recipe(repo_root: Path, name: str) -> dict:

@@ -18,11 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from resnet_lit import _moved
-
-__version__ = "0.2.0.dev0"  # the package version (pyproject.toml reads it); CHANGELOG.md
-
-_moved.install()  # old module paths (resnet_lit.module, resnet_lit.cli, ...) still import: see _moved.py
+from resnet_lit._version import __version__
 
 # public name -> the module that defines it
 _PUBLIC = {

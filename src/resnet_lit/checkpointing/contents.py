@@ -32,7 +32,7 @@ import torch.distributed as dist
 from lightning.fabric.utilities.seed import pl_worker_init_function, reset_seed
 from lightning.pytorch.callbacks import Callback
 
-from resnet_lit import __version__
+from resnet_lit._version import __version__
 from resnet_lit.checkpointing.readable import CheckpointFileError, safe_torch_load
 
 RECORD_KEY = "resnet_lit"

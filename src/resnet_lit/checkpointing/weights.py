@@ -39,7 +39,6 @@ _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net",
 # Architecture fields that change what the weights compute; a recorded mismatch is an error even when
 # every tensor shape agrees (e.g. v1 vs v1.5 stride placement, shortcut A vs plain net).
 _ARCH_FIELDS = ("name", "shortcut", "stride_in_1x1", "width", "in_chans")
-_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 
 class InitWeightsError(ValueError):
@@ -77,10 +76,6 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
-
-
 def clean_state_dict(state_dict: Mapping[str, torch.Tensor], *, strip_model: bool = False) -> dict[str, torch.Tensor]:
     """Remove wrapper prefixes: leading `module.` (DDP), `_orig_mod.` anywhere (torch.compile wrapper),
     and `model.` (a LightningModule's backbone attribute) when `strip_model` or when every key has it."""
@@ -107,26 +102,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def arch_spec_from_hparams(hparams: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Rebuild a model's `arch_spec` from ImageClassifier hyperparameters (`arch`, `shortcut`, ...)."""
-    if "arch" not in hparams:
-        return None
-    name = str(hparams["arch"])
-    shortcut = hparams.get("shortcut")
-    if shortcut is None and not name.startswith("plain"):  # the family default, as create_model picks it
-        depth = re.findall(r"\d+", name)
-        shortcut = "A" if depth and int(depth[-1]) in _CIFAR_DEPTHS else "B"
-    return {
-        "name": name,
-        "num_classes": hparams.get("num_classes"),
-        "shortcut": shortcut,
-        "stride_in_1x1": bool(hparams.get("stride_in_1x1", False)),
-        "zero_init_residual": bool(hparams.get("zero_init_residual", False)),
-        "width": float(hparams.get("width", 1.0)),
-        "in_chans": int(hparams.get("in_chans", 3)),
-    }
-
-
 def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights from `path` and return `(state_dict, metadata)` with backbone key names
     (`conv1.weight`, `layer1.0.bn1.running_mean`, `fc.bias`, ...).
@@ -149,7 +124,7 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
         hparams = _plain(obj.get("hyper_parameters") or {})
         metadata = {"source": "lightning", "hparams": hparams}
         recorded = obj.get("resnet_lit") if isinstance(obj.get("resnet_lit"), Mapping) else {}
-        spec = recorded.get("arch_spec") or arch_spec_from_hparams(hparams)  # ImageClassifier.on_save_checkpoint
+        spec = recorded.get("arch_spec")  # ImageClassifier.on_save_checkpoint
         if spec:
             metadata["arch_spec"] = _plain(spec)
         if recorded.get("class_names") or hparams.get("class_names"):

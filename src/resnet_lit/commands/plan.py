@@ -32,7 +32,8 @@ from resnet_lit.runs.console import silence_noise
 from resnet_lit.runs.flag_errors import check_config_files
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.ema import EMAConfig, ema_at_scale, half_life_steps
-from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, check_warmup, global_batch_size, scaled_lr
+from resnet_lit.training.optimizers import OptimizerConfig, scaled_lr
+from resnet_lit.training.schedules import ScheduleConfig, check_warmup, global_batch_size
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012's training set
 CIFAR_TRAIN_IMAGES = 50_000
@@ -66,6 +67,9 @@ class _ParseOnly(ResNetCLI):
         pass
 
     def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
         pass
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+from resnet_lit.depths import CIFAR_DEPTHS, IMAGENET_DEPTHS
 
 # Paper numbers, top-1 error %. CIFAR-10: Table 6 test error (110 is best of 5). ImageNet:
 # 10-crop validation error, Table 2 (plain-18/34 and ResNet-18 with option A) and Table 3.

@@ -6,6 +6,8 @@ import math
 import os
 from typing import Any, NamedTuple
 
+from resnet_lit.depths import CIFAR_N, IMAGENET_LAYERS
+
 from .cifar import CifarResNet
 from .counting import count_flops, count_params
 from .resnet import BasicBlock, Block, Bottleneck, PadShortcut, ResNet
@@ -23,14 +25,13 @@ class Arch(NamedTuple):
     residual: bool  # False: the plain net of the same depth (Table 2, Fig. 6)
 
 
-_IMAGENET = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3)),
-             101: (Bottleneck, (3, 4, 23, 3)), 152: (Bottleneck, (3, 8, 36, 3))}  # fmt: skip
-_CIFAR_N = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}  # depth 6n+2
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 ARCHS: dict[str, Arch] = {}
 for _prefix, _residual in (("resnet", True), ("plain", False)):
-    ARCHS.update({f"{_prefix}{d}": Arch("imagenet", b, ls, _residual) for d, (b, ls) in _IMAGENET.items()})
-    ARCHS.update({f"{_prefix}{d}": Arch("cifar", BasicBlock, (n,) * 3, _residual) for d, n in _CIFAR_N.items()})
+    ARCHS.update({f"{_prefix}{d}": Arch("imagenet", _BLOCKS[kind], layers, _residual)
+                  for d, (kind, layers) in IMAGENET_LAYERS.items()})
+    ARCHS.update({f"{_prefix}{d}": Arch("cifar", BasicBlock, (n,) * 3, _residual) for d, n in CIFAR_N.items()})
 
 _FAMILY = {  # class, default num_classes, default shortcut (the paper's choice per family)
     "imagenet": (ResNet, 1000, "B"),

@@ -49,7 +49,7 @@ from resnet_lit.runs.elastic import fresh_store_for_restart
 from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
 from resnet_lit.runs.flag_errors import check_config_files, one_line, option_strings
 from resnet_lit.runs.interrupt import StopOnSignal, exit_status, ignore_termination_while_exiting
-from resnet_lit.runs.predict import PredictionWriter
+from resnet_lit.runs.prediction_writer import PredictionWriter
 from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.nonfinite import NonFiniteLossError
@@ -312,7 +312,7 @@ def main(args: list[str] | None = None) -> None:
     if args and args[0] in SUBCOMMANDS and ("--help" in args or "-h" in args):
         print(help_text.common_options(args[0]))  # what users set most, before LightningCLI's full list
     if args[:1] in (["--version"], ["-V"]):
-        from resnet_lit import __version__
+        from resnet_lit._version import __version__
 
         print(f"resnet-lit {__version__}")
         raise SystemExit(0)

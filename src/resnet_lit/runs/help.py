@@ -4,7 +4,7 @@ the top of ``resnet-lit fit --help`` (LightningCLI's full list, 800 lines, follo
 
 from __future__ import annotations
 
-from resnet_lit import __version__
+from resnet_lit._version import __version__
 
 OVERVIEW = f"""\
 resnet-lit {__version__}: the residual networks of He et al. 2015, trained with PyTorch Lightning.

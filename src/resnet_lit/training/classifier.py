@@ -34,7 +34,8 @@ from resnet_lit.training.finetune import Freeze, SyncUnfrozenBatchNorm, apply_fr
 from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float
 from resnet_lit.training.losses import LossKind, build_loss
 from resnet_lit.training.nonfinite import NonFiniteWatch, refuse_nonfinite_checkpoint
-from resnet_lit.training.schedules import OptimizerConfig, ScheduleConfig, configure_training, global_batch_of
+from resnet_lit.training.optimizers import OptimizerConfig
+from resnet_lit.training.schedules import ScheduleConfig, configure_training, global_batch_of
 from resnet_lit.training.train_accuracy import TrainAccuracy
 
 

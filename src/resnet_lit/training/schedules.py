@@ -1,15 +1,13 @@
-"""Optimiser and learning-rate schedule: their settings, the arithmetic behind them, and the
-functions that build them.
+"""The learning-rate schedule: its settings, the arithmetic behind it, and ``configure_training``,
+which builds the optimiser (training/optimizers.py) and the schedule for ``configure_optimizers``.
 
 The settings are plain data and the arithmetic pure functions, so a schedule can be checked at any
 iteration without a Trainer (``lr_factor(31_999, ...)``) and a checkpoint carries its recipe as plain
-values. ``build_optimizer`` and ``build_scheduler`` turn them into torch objects for
-``ImageClassifier.configure_optimizers``, from numbers it reads off the Trainer.
+values. ``build_scheduler`` turns them into torch objects, from numbers read off the Trainer.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,45 +15,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from resnet_lit.training.optimizers import Scaling, optimizer_class, scale_factor
+from resnet_lit.training.optimizers import OptimizerConfig, build_optimizer, scaled_lr
 
 __all__ = [
-    "OptimizerConfig", "ScheduleConfig", "global_batch_size", "global_batch_of", "scaled_lr", "steps_per_epoch",
-    "lr_factor", "build_optimizer", "build_scheduler", "check_warmup",
+    "ScheduleConfig", "global_batch_size", "global_batch_of", "steps_per_epoch", "lr_factor", "build_scheduler",
+    "configure_training", "check_warmup",
 ]
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """The optimiser. Defaults are the paper's: SGD, momentum 0.9, weight decay 1e-4.
-
-    Args:
-        name: a class in ``torch.optim`` (``SGD``, ``AdamW``, ``RMSprop``, ...), or timm's ``Lamb`` or
-            ``Lars`` (``pip install resnet-lit[recipes]``; training/optimizers.py).
-        lr: learning rate for ``reference_batch`` images; the module scales it to the global batch
-            (per-device batch x devices x nodes x gradient accumulation) by ``scaling``.
-        reference_batch: the batch ``lr`` is stated for: 256 for ImageNet, 128 for CIFAR (the paper's).
-        scaling: how the lr follows the global batch: ``linear`` (Goyal et al. 2017; the paper's SGD),
-            ``sqrt`` (square root of the ratio: Adam-type and LAMB recipes) or ``none``.
-        momentum: passed only to optimisers that take it.
-        weight_decay: L2 penalty (1e-4 in the paper).
-        no_decay_bn_bias: exempt batch-norm and bias parameters from weight decay.
-        backbone_lr_scale: learning rate of everything but the classifier, relative to the
-            classifier's (fine-tuning; 1.0 trains all at the same rate).
-        fused: use the fused kernel where the optimiser has one; ``None`` means on CUDA only.
-        args: further keyword arguments for the optimiser (``nesterov``, ``betas``, ...).
-    """
-
-    name: str = "SGD"
-    lr: float = 0.1
-    reference_batch: int = 256
-    scaling: Scaling = "linear"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    no_decay_bn_bias: bool = False
-    backbone_lr_scale: float = 1.0
-    fused: bool | None = None
-    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,12 +120,6 @@ def global_batch_size(per_device: int, devices: int = 1, num_nodes: int = 1, acc
     return per_device * devices * num_nodes * accumulate
 
 
-def scaled_lr(lr: float, reference_batch: int, global_batch: int, scaling: Scaling = "linear") -> float:
-    """The lr for ``global_batch`` images a step: by default the linear scaling rule (Goyal et al. 2017),
-    lr grows with the global batch; ``sqrt`` with its square root; ``none`` not at all."""
-    return lr * scale_factor(scaling, reference_batch, global_batch)
-
-
 def steps_per_epoch(batches_per_epoch: int | float, accumulate: int = 1) -> int:
     """Optimiser steps in one epoch of ``batches_per_epoch`` training batches: Lightning steps every
     ``accumulate`` batches and once more at an epoch's end on a partial accumulation."""
@@ -198,28 +157,6 @@ def _need(value: int | None, name: str) -> int:
     if value is None:
         raise ValueError(f"this schedule needs {name}")
     return value
-
-
-def build_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]], lr: float,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """The optimiser class ``cfg.name`` (``torch.optim`` or timm's, training/optimizers.py) over the
-    parameter ``groups``, at the scaled ``lr``."""
-    cls = optimizer_class(cfg.name)
-    accepted = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": cfg.weight_decay}
-    if "momentum" in accepted:
-        kwargs["momentum"] = cfg.momentum
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
-    if fused and "fused" in accepted:
-        kwargs["fused"] = True
-    kwargs.update(cfg.args)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"optimizer.args {unknown} are not arguments of {cls.__module__}.{cls.__name__}; "
-            f"it takes {sorted(accepted)}"
-        )
-    return cls(groups, **kwargs)
 
 
 def build_scheduler(
