@@ -42,7 +42,7 @@ class AugmentConfig:
             "ta_wide" TrivialAugmentWide (torchvision's recipe), "aa" AutoAugment (its CIFAR-10 policy
             on CIFAR, its ImageNet policy on ImageNet), "none". ImageNet runs it after the crop and
             flip, in the workers. CIFAR runs it before its batched crop and flip, per image on the
-            host: 1.4-2.7 ms an image on a CPU core, 20-40x the batched default (docs/recipes_data.md),
+            host, at many times the cost of the batched default (measured in docs/recipes_data.md):
             fine beside a CPU step, the bottleneck beside a GPU one unless ``policy_groups`` moves
             it to the device (or ``num_workers`` share it).
         auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
