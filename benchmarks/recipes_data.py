@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Report, add_common_args, default_data_root, median, print_header, setup_threads, table  # noqa: E402
 
 from resnet_lit.data import CIFARDataModule  # noqa: E402
+from resnet_lit.data.augment import AugmentConfig  # noqa: E402
 from resnet_lit.models import create_model  # noqa: E402
 
 VARIANTS = {
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header(rep)
     modules = {}
     for name, options in VARIANTS.items():
-        dm = CIFARDataModule(str(root), batch_size=args.batch, **options)
+        dm = CIFARDataModule(str(root), batch_size=args.batch, augment=AugmentConfig(**options))
         dm.setup("fit")
         modules[name] = dm
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}

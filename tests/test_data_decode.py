@@ -238,13 +238,14 @@ def test_fit_with_decode_cpu_runs(tmp_path, woof_jpegs) -> None:
 def test_decode_cpu_with_recipe_options(imagewoof_root, decode_cache) -> None:
     """The progressive size reaches the device-side views (it travels with the batch), and the
     per-image policies and MixUp run after them."""
+    from resnet_lit.data.augment import AugmentConfig
     from resnet_lit.data.resolution import ProgressiveResize
 
     dm = make_dm(imagewoof_root, decode_cache, batch_size=4, decode="cpu",
                  progressive_resize=ProgressiveResize(start_size=128, end_size=160, end_epoch=1))
     assert next(dm.batches("train"))[0].shape == (4, 3, 128, 128)
     dm = make_dm(imagewoof_root, decode_cache, batch_size=4, decode="cpu", augmentation="modern",
-                 auto_augment="ta_wide", random_erasing=0.5, mixup_alpha=0.2)
+                 augment=AugmentConfig(auto_augment="ta_wide", random_erasing=0.5, mixup_alpha=0.2))
     x, y = next(dm.batches("train"))
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32 and y.shape == (4, 10)
 

@@ -108,6 +108,10 @@ def test_plan_counts_the_training_folder_and_takes_a_size_hint(imagewoof_root, t
     assert plan["warmup_steps"] == "24" and plan["epochs"] == "15"
     hinted = plan_command.plan(parse_fit_config(args), 6400)
     assert hinted["steps_per_epoch"] == 100 and hinted["warmup_steps"] == 200
+    repeated = planned(*args, "--data.augment.repeated_augmentation", "2")  # all_repeats: each image twice an epoch
+    assert repeated["steps_per_epoch"] == "25"
+    assert planned(*args, "--data.augment.repeated_augmentation", "2", "--data.augment.repeated_augmentation_epoch",
+                   "dataset_size")["steps_per_epoch"] == "12"
 
 
 def test_plan_takes_exactly_fits_arguments_and_names_a_bad_one(capsys):

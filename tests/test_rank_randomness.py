@@ -23,7 +23,7 @@ def _fit(repo_root: Path, cifar_root: Path, run: Path, *extra: str) -> int:
     args = small_fit_args(run, root=cifar_root, subset=128, steps=STEPS, batch_size=16, width=0.25,
                           configs=(*RECIPE, "configs/trainer/ddp_cpu.yaml"), extra=[
                               "--trainer.deterministic", "true", "--checkpoint.monitor", "null",
-                              "--data.mixup_alpha", "1.0", "--last_checkpoint.every_n_train_steps", "2",
+                              "--data.augment.mixup_alpha", "1.0", "--last_checkpoint.every_n_train_steps", "2",
                               "--trainer.callbacks+=" + json.dumps(record), *extra])
     done = run_fit(repo_root, args)
     if done.returncode not in (0, -signal.SIGKILL):

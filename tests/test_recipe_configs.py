@@ -48,17 +48,20 @@ def test_recipe_parses_and_names_its_source(path, capsys):
 def test_recipes_hold_their_sources_values(capsys):
     tv = _print(capsys, "--config", "configs/recipes/torchvision_r50.yaml")["data"]["init_args"]
     assert (tv["train_size"], tv["test_size"], tv["test_resize"]) == (176, 224, 232)
-    assert (tv["auto_augment"], tv["random_erasing"], tv["repeated_augmentation"]) == ("ta_wide", 0.1, 4)
+    augment = tv["augment"]
+    assert (augment["auto_augment"], augment["random_erasing"], augment["repeated_augmentation"]) == ("ta_wide", 0.1, 4)
     tv_model = _print(capsys, "--config", "configs/recipes/torchvision_r50.yaml")["model"]
     assert tv_model["ema"]["update_every_n_steps"] == 32 and tv_model["label_smoothing"] == 0.1
-    assert (tv["mixup_alpha"], tv["cutmix_alpha"]) == (0.2, 1.0)
+    assert (augment["mixup_alpha"], augment["cutmix_alpha"]) == (0.2, 1.0)
     a1 = _print(capsys, "--config", "configs/recipes/timm_rsb_a1.yaml")
     model = a1["model"]
     assert (model["loss"], model["optimizer"]["name"], model["drop_path_rate"]) == ("bce", "Lamb", 0.05)
-    assert (a1["data"]["init_args"]["mixup_alpha"], a1["data"]["init_args"]["repeated_augmentation"]) == (0.2, 3)
+    a1_augment = a1["data"]["init_args"]["augment"]
+    assert (a1_augment["mixup_alpha"], a1_augment["repeated_augmentation"]) == (0.2, 3)
     a3 = _print(capsys, "--config", "configs/recipes/timm_rsb_a3.yaml")
     assert (a3["model"]["loss"], a3["model"]["optimizer"]["name"]) == ("bce", "Lamb")
     assert a3["data"]["init_args"]["train_size"] == 160 and a3["trainer"]["max_epochs"] == 100
+    assert a3["data"]["init_args"]["augment"]["auto_augment_magnitude"] == 6
     ffcv = _print(capsys, "--config", "configs/recipes/ffcv_r50_16ep.yaml")["data"]["init_args"]
     assert ffcv["test_mode"] == "flip"
     assert ffcv["progressive_resize"] == {"start_size": 160, "end_size": 192, "start_epoch": 11, "end_epoch": 13,

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from resnet_lit.data import CIFARDataModule, ImageNetDataModule
+from resnet_lit.data.augment import AugmentConfig
 from resnet_lit.data.cifar import TensorBatches
 from resnet_lit.data.policies import augment_policy, mean_fill
 from resnet_lit.data.resolution import ProgressiveResize
@@ -33,7 +34,7 @@ def _first(dm, split: str, seed: int = 0):
 # ---------------------------------------------------------------- MixUp / CutMix
 def test_mixup_blends_each_image_with_its_neighbour(cifar_root):
     x0, y0 = _first(_cifar(cifar_root), "train")  # the same crops and flips, unmixed
-    x, y = _first(_cifar(cifar_root, mixup_alpha=0.4), "train")
+    x, y = _first(_cifar(cifar_root, augment=AugmentConfig(mixup_alpha=0.4)), "train")
     assert y.dtype == torch.float32 and y.shape == (32, 10)
     torch.testing.assert_close(y.sum(1), torch.ones(32))
     assert (y > 0).sum(1).max() <= 2 and (y < 1).any()  # soft: at most two classes a row
@@ -46,7 +47,7 @@ def test_mixup_blends_each_image_with_its_neighbour(cifar_root):
 
 def test_cutmix_pastes_a_box_of_the_neighbour(cifar_root):
     x0, y0 = _first(_cifar(cifar_root), "train", seed=3)
-    x, y = _first(_cifar(cifar_root, cutmix_alpha=1.0), "train", seed=3)
+    x, y = _first(_cifar(cifar_root, augment=AugmentConfig(cutmix_alpha=1.0)), "train", seed=3)
     torch.testing.assert_close(y.sum(1), torch.ones(32))
     own, other = (x == x0).all(1), (x == x0.roll(1, 0)).all(1)  # [B, H, W] pixel sources
     assert bool((own | other).all())  # every pixel is from the image or its neighbour
@@ -58,7 +59,7 @@ def test_cutmix_pastes_a_box_of_the_neighbour(cifar_root):
 
 
 def test_mixing_leaves_evaluation_batches_alone(cifar_root):
-    plain, mixed = _cifar(cifar_root), _cifar(cifar_root, mixup_alpha=0.2, cutmix_alpha=1.0)
+    plain, mixed = _cifar(cifar_root), _cifar(cifar_root, augment=AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0))
     for split in ("val", "test"):
         (x0, y0), (x, y) = _first(plain, split), _first(mixed, split)
         assert y.dtype == torch.int64 and y.dim() == 1
@@ -67,19 +68,19 @@ def test_mixing_leaves_evaluation_batches_alone(cifar_root):
     assert mixed.on_after_batch_transfer(batch, 0)[1].dtype == torch.int64  # no Trainer: not training
 
 
-def test_negative_alpha_is_refused(cifar_root):
-    with pytest.raises(ValueError, match="mixup_alpha"):
-        _cifar(cifar_root, mixup_alpha=-1)
+def test_negative_alpha_is_refused():
+    with pytest.raises(ValueError, match=r"^augment\.mixup_alpha must be >= 0 \(0 turns MixUp off\), got -1$"):
+        AugmentConfig(mixup_alpha=-1)
 
 
 # ---------------------------------------------------------------- policies
 def test_cifar_policy_changes_training_images_only(cifar_root):
     x0, _ = _first(_cifar(cifar_root), "train", seed=1)
-    x, _ = _first(_cifar(cifar_root, auto_augment="ta_wide"), "train", seed=1)
+    x, _ = _first(_cifar(cifar_root, augment=AugmentConfig(auto_augment="ta_wide")), "train", seed=1)
     assert x.shape == x0.shape and x.dtype == torch.float32
     assert not torch.equal(x, x0)
     v0, _ = _first(_cifar(cifar_root), "val")
-    v, _ = _first(_cifar(cifar_root, auto_augment="ta_wide", random_erasing=1.0), "val")
+    v, _ = _first(_cifar(cifar_root, augment=AugmentConfig(auto_augment="ta_wide", random_erasing=1.0)), "val")
     assert torch.equal(v, v0)
 
 
@@ -96,7 +97,7 @@ def test_random_erasing_fills_a_box_with_the_fill_colour(cifar_root):
 
 def test_policy_groups_run_on_the_device_one_draw_per_group(cifar_root):
     torch.manual_seed(0)
-    dm = _cifar(cifar_root, random_erasing=1.0, policy_groups=2, pad=0)  # pad 0: flips only
+    dm = _cifar(cifar_root, augment=AugmentConfig(random_erasing=1.0, policy_groups=2), pad=0)  # pad 0: flips only
     dm.setup("fit")
     x, _ = dm.train_set[list(range(8))]
     assert torch.equal(x, dm.train_set.x[:8])  # nothing happens on the host
@@ -115,7 +116,8 @@ def test_policy_groups_run_on_the_device_one_draw_per_group(cifar_root):
 def test_imagenet_policy_in_the_workers(imagewoof_root, policy):
     options = dict(root=str(imagewoof_root), batch_size=4, num_workers=0, train_size=64, lighting=0.0)
     x0, _ = _first(ImageNetDataModule(**options), "train", seed=2)
-    x, _ = _first(ImageNetDataModule(**options, auto_augment=policy, auto_augment_magnitude=15), "train", seed=2)
+    augment = AugmentConfig(auto_augment=policy, auto_augment_magnitude=15)
+    x, _ = _first(ImageNetDataModule(**options, augment=augment), "train", seed=2)
     assert x.shape == x0.shape == (4, 3, 64, 64)
     assert not torch.equal(x, x0)
 
@@ -217,10 +219,10 @@ def test_repeated_augmentation_resumes_mid_epoch_exactly():
 
 
 def test_cifar_module_repeats_its_training_shard(cifar_root):
-    plain, repeated = _cifar(cifar_root), _cifar(cifar_root, repeated_augmentation=2)
+    plain, repeated = _cifar(cifar_root), _cifar(cifar_root, augment=AugmentConfig(repeated_augmentation=2))
     for dm in (plain, repeated):
         dm.setup("fit")
     assert len(repeated.train_dataloader()) == 2 * len(plain.train_dataloader())
     assert len(repeated.val_dataloader()) == len(plain.val_dataloader())
-    with pytest.raises(ValueError, match="repeated_augmentation must be >= 1"):
-        _cifar(cifar_root, repeated_augmentation=0)
+    with pytest.raises(ValueError, match=r"^augment\.repeated_augmentation must be >= 1 \(1: off\), got 0$"):
+        AugmentConfig(repeated_augmentation=0)

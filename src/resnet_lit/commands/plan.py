@@ -184,8 +184,9 @@ def plan(config: Any, hint: int | None = None) -> dict[str, Any]:
     world, accumulate = world_size(trainer), int(trainer.get("accumulate_grad_batches") or 1)
     batch = global_batch_size(per_device, world, 1, accumulate)
     n, source = train_images(data, hint)
-    repeats = int(args.get("repeated_augmentation") or 1)
-    epoch_len = n * repeats if args.get("repeated_augmentation_epoch", "all_repeats") == "all_repeats" else n
+    augment = args.get("augment") or {}  # data/augment.py: AugmentConfig
+    repeats = int(augment.get("repeated_augmentation") or 1)
+    epoch_len = n * repeats if augment.get("repeated_augmentation_epoch", "all_repeats") == "all_repeats" else n
     batches = (epoch_len // world) // per_device  # each rank an equal share, the last partial batch dropped
     per_epoch = math.ceil(batches / accumulate)
     if per_epoch < 1:

@@ -7,24 +7,30 @@ copy of the normalisation statistics per device, and runs the batch hooks: skipp
 and masking on the host before the transfer, then the padding of a short evaluation batch to
 ``eval_batch_size`` (``pad_eval_batches``, data/padding.py), ``transform_batch`` on whole batches on
 the device after the transfer, then, for training batches only, MixUp / CutMix
-(``mixing.batch_mixing``: targets become soft).
+(``mixing.batch_mixing``: targets become soft). The training-only recipe options (MixUp, CutMix,
+repeated augmentation, the per-image policies) are one ``AugmentConfig`` (data/augment.py), which
+the base reads from ``self.augment``.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
 
 import lightning as L
 import torch
 
+from resnet_lit.checkpointing.contents import read_training_checkpoint
 from resnet_lit.lightning_private import should_update_logs
 
+from .augment import AugmentConfig, from_flat_hparams
 from .decode import SKIPPED_LABEL
 from .folder import default_num_workers
-from .mixing import Mixing, batch_mixing
+from .mixing import Mixing
 from .padding import pad_eval_batch
 from .sharding import ShardSampler
 
@@ -49,17 +55,36 @@ def ignore_stop_signals(worker_id: int) -> None:
 class ImageDataModule(L.LightningDataModule):
     """Base of the image DataModules: subclasses define ``__init__`` (calling ``save_hyperparameters``
     with ``batch_size``, ``eval_batch_size``, ``pad_eval_batches``, ``seed``, ``num_workers``, ``pin_memory``
-    and ``on_bad_image`` among their arguments, and optionally the training-only recipe options
-    ``mixup_alpha``, ``cutmix_alpha``, ``repeated_augmentation`` and ``repeated_augmentation_epoch``),
-    ``statistics`` and ``transform_batch``."""
+    and ``on_bad_image`` among their arguments, and optionally ``augment``, an ``AugmentConfig`` kept
+    with ``_keep_augment``), ``statistics`` and ``transform_batch``."""
 
     def __init__(self) -> None:
         super().__init__()
         self._statistics_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.num_skipped = 0  # bad images this process met so far (skip mode), summed over workers
         self._skipped_logged = 0
+        self.augment = AugmentConfig()  # a subclass that takes ``augment`` keeps its own (_keep_augment)
         self._mixing: Mixing | None = None
         self._mixing_built = False
+
+    def _keep_augment(self, augment: AugmentConfig | Mapping[str, Any]) -> None:
+        """``augment`` as this DataModule reads it (``self.augment``, an AugmentConfig) and as its
+        hyperparameters hold it (a plain dict, so checkpoints load with ``weights_only=True``)."""
+        self.augment = AugmentConfig(**augment) if isinstance(augment, Mapping) else augment
+        self.hparams.augment = asdict(self.augment)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path | IO, map_location: Any = None,
+                             hparams_file: str | Path | None = None, **kwargs: Any) -> ImageDataModule:
+        """Lightning's ``load_from_checkpoint``, also for checkpoints written before ``AugmentConfig``.
+        Those hold its options as flat hyperparameters, which Lightning would drop without a word
+        (it passes only the keys ``__init__`` names): they become ``augment`` here."""
+        if "augment" not in kwargs and not hasattr(checkpoint_path, "read"):
+            hparams = read_training_checkpoint(checkpoint_path).get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+            moved = from_flat_hparams(hparams)
+            if moved is not None:
+                kwargs["augment"] = moved
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, **kwargs)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -98,8 +123,7 @@ class ImageDataModule(L.LightningDataModule):
         ``batch_size`` is given. ``sampler`` and ``kwargs``: a ShardSampler subclass and its own arguments."""
         rank, world = self._rank_world()
         if train:
-            kwargs.update(repeats=self.hparams.get("repeated_augmentation", 1),
-                          repeat_epoch=self.hparams.get("repeated_augmentation_epoch", "all_repeats"))
+            kwargs.update(self.augment.sampler_args())
         return sampler(n, rank=rank, world_size=world, shuffle=train, seed=self.hparams.seed,
                        batch_size=batch_size, drop_last=train and batch_size is not None, **kwargs)
 
@@ -125,11 +149,9 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def mixing(self) -> Mixing | None:
-        """MixUp / CutMix for training batches (``mixup_alpha``, ``cutmix_alpha``), None when off."""
+        """MixUp / CutMix for training batches (``augment.mixup_alpha``, ``augment.cutmix_alpha``), None when off."""
         if not self._mixing_built:
-            hp = self.hparams
-            alphas = hp.get("mixup_alpha", 0.0), hp.get("cutmix_alpha", 0.0)
-            self._mixing = batch_mixing(self.num_classes, *alphas) if max(alphas) > 0 else None  # no class scan
+            self._mixing = self.augment.mixing(self.num_classes) if self.augment.mixes else None  # no class scan
             self._mixing_built = True
         return self._mixing
 

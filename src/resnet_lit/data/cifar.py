@@ -6,12 +6,12 @@ microseconds and needs no worker processes. After Lightning moves the uint8 batc
 ``on_after_batch_transfer`` subtracts the per-pixel mean and, in training, pads, crops and flips
 the whole batch there (``transforms.normalize_padded`` and ``crop_and_flip``).
 
-Modern recipe options, all off by default: ``auto_augment`` / ``random_erasing`` run torchvision's
-policies on each uint8 image of a training batch on the host, before the transfer, or with
-``policy_groups`` on groups of images on the device (``policies.augment_policy``; their cost is in
-docs/recipes_data.md); ``mixup_alpha`` /
-``cutmix_alpha`` mix whole training batches on the device after the crop and flip (``mixing``);
-``repeated_augmentation`` repeats each image k times an epoch (``sharding``).
+Modern recipe options, all off by default, are one ``augment: AugmentConfig`` (data/augment.py):
+``auto_augment`` / ``random_erasing`` run torchvision's policies on each uint8 image of a training
+batch on the host, before the transfer, or with ``policy_groups`` on groups of images on the device
+(their cost is in docs/recipes_data.md); ``mixup_alpha`` / ``cutmix_alpha`` mix whole training
+batches on the device after the crop and flip (``mixing``); ``repeated_augmentation`` repeats each
+image k times an epoch (``sharding``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import AugmentConfig
 from .base import ImageDataModule
 from .cifar_io import class_names, ensure_downloaded, load_cifar
-from .mixing import check_alphas
-from .policies import AutoAugmentName, augment_policy, mean_fill
-from .sharding import RepeatEpoch, ResumableLoader, epoch_length
+from .policies import mean_fill
+from .sharding import ResumableLoader
 from .transforms import cifar_augment, crop_and_flip, normalize, normalize_padded
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,7 @@ class CIFARDataModule(ImageDataModule):
         on_bad_image: Literal["error", "skip"] = "error",
         pin_memory: bool | None = None,
         data_on_device: bool = False,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        auto_augment: AutoAugmentName = "none",
-        auto_augment_magnitude: int = 9,
-        random_erasing: float = 0.0,
-        policy_groups: int | None = None,
-        repeated_augmentation: int = 1,
-        repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
+        augment: AugmentConfig = AugmentConfig(),
         test_mode: Literal["center", "flip"] = "center",
     ) -> None:
         """CIFAR-10 or CIFAR-100.
@@ -147,28 +140,11 @@ class CIFARDataModule(ImageDataModule):
             data_on_device: keep the whole uint8 data set on the accelerator (150 MB for CIFAR-10,
                 a copy per rank) and gather batches there: no host-to-device copy per step
                 (airbench's trick). Needs ``num_workers=0``.
-            mixup_alpha: MixUp on training batches, on the device, lambda ~ Beta(alpha, alpha) (0: off;
-                torchvision's 2021 recipe: 0.2). Targets become soft [B, num_classes]; with ``cutmix_alpha``
-                too, each batch takes one of the two at random (torchvision's reference).
-            cutmix_alpha: CutMix on training batches, on the device (0: off; torchvision's recipe: 1.0).
-            auto_augment: a torchvision policy on each training image, uint8, before the batch's crop
-                and flip: "ra" RandAugment, "ta_wide" TrivialAugmentWide, "aa" AutoAugment (its CIFAR-10
-                policy), "none". Per image on the host it costs 1.4-2.7 ms an image on a CPU core, 20-40x
-                the batched default (docs/recipes_data.md): fine beside a CPU step, the bottleneck beside
-                a GPU one unless ``policy_groups`` moves it to the device (or ``num_workers`` share it).
-            auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
-            random_erasing: probability of erasing a random box (2-33 % of the image) of each training
-                image, filled with the data set's mean colour (0: off; torchvision's recipe: 0.1).
-            policy_groups: None: ``auto_augment`` and ``random_erasing`` draw per image, on the host.
-                N: they run on the device on the uint8 batch cut into N groups, each group sharing
-                one draw (op, magnitude, erased box): N calls a step instead of B, at the price of
-                images within a group being augmented alike (across steps each image still sees
-                the policy's distribution).
-            repeated_augmentation: each training image k times an epoch, copies on neighbouring ranks
-                (1: off; Hoffer et al. 2020, DeiT).
-            repeated_augmentation_epoch: "all_repeats": an epoch shows each image exactly k times (k times
-                as many steps); "dataset_size": it keeps the data set's length (n / k images, k times
-                each), as DeiT, timm and torchvision count epochs.
+            augment: the modern recipes' training augmentation (``AugmentConfig``, data/augment.py: MixUp,
+                CutMix, AutoAugment / RandAugment / TrivialAugment, random erasing, ``policy_groups``,
+                repeated augmentation), all off by default: ``--data.augment.mixup_alpha 0.2``. "aa"
+                is AutoAugment's CIFAR-10 policy here; the policy runs on each uint8 image before the
+                batch's crop and flip.
             test_mode: "center" (the 32x32 image) or "flip" (the image and its mirror image,
                 [B, 2, 3, 32, 32]: the model averages their probabilities). Validation is always "center".
         """
@@ -178,12 +154,8 @@ class CIFARDataModule(ImageDataModule):
             raise ValueError(f"eval_batch_size must be >= 1 (or null for batch_size), got {eval_batch_size}")
         if data_on_device and num_workers > 0:
             raise ValueError("data_on_device=True gathers batches on the accelerator: it needs num_workers=0")
-        augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
-        if policy_groups is not None and policy_groups < 1:
-            raise ValueError(f"policy_groups must be >= 1 (or null: per image on the host), got {policy_groups}")
-        self._device_policy = None  # the policy on groups of the batch, on the device (policy_groups)
-        epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
-        check_alphas(mixup_alpha, cutmix_alpha)
+        self._keep_augment(augment)
+        self._device_policy = None  # the policy on groups of the batch, on the device (augment.policy_groups)
         self._data: dict | None = None
         self._classes: list[str] | None = None
         self.mean: torch.Tensor | None = None  # per-pixel mean [3, 32, 32], 0..1 scale
@@ -246,9 +218,8 @@ class CIFARDataModule(ImageDataModule):
             test_keep = stratified_order(test_y, hp.seed)[: hp.subset]
             val_x, val_y, test_x, test_y = val_x[val_keep], val_y[val_keep], test_x[test_keep], test_y[test_keep]
         self.mean = pixel_mean(train_x)
-        policy = augment_policy(hp.auto_augment, hp.auto_augment_magnitude, hp.random_erasing,
-                                fill=mean_fill(self.mean), aa_policy="cifar10")
-        if hp.policy_groups is not None:
+        policy = self.augment.policy(fill=mean_fill(self.mean), aa_policy="cifar10")
+        if self.augment.policy_groups is not None:
             self._device_policy, policy = policy, None
         self.train_set = TensorBatches(train_x, train_y, per_image=policy)
         self.val_set = TensorBatches(val_x, val_y)
@@ -294,7 +265,7 @@ class CIFARDataModule(ImageDataModule):
         if not train:
             return normalize(x, mean)
         if self._device_policy is not None:  # policy_groups: one draw per group of images, on the device
-            x = torch.cat([self._device_policy(group) for group in x.chunk(self.hparams.policy_groups)])
+            x = torch.cat([self._device_policy(group) for group in x.chunk(self.augment.policy_groups)])
         if torch.compiler.is_compiling():  # inside a compiled step: no buffer kept between calls
             return cifar_augment(normalize(x, mean), self.hparams.pad)
         # The same values as cifar_augment(normalize(x, mean)), with the padded batch's buffer

@@ -8,9 +8,10 @@ normalises, on whole batches. Test batches take the forms ``ImageClassifier.test
 
 Modern recipe options, all off by default: ``train_size`` / ``test_size`` / ``test_resize`` set the
 training and test resolutions apart (FixRes), ``progressive_resize`` changes the training size over
-epochs (``resolution``), ``auto_augment`` / ``random_erasing`` add torchvision's per-image policies in
-the workers (``policies``), ``mixup_alpha`` / ``cutmix_alpha`` mix training batches on the device
-(``mixing``) and ``repeated_augmentation`` repeats images within an epoch (``sharding``).
+epochs (``resolution``), and one ``augment: AugmentConfig`` (data/augment.py): ``auto_augment`` /
+``random_erasing`` add torchvision's per-image policies in the workers (``policies``),
+``mixup_alpha`` / ``cutmix_alpha`` mix training batches on the device (``mixing``) and
+``repeated_augmentation`` repeats images within an epoch (``sharding``).
 
 ``decode: cpu | gpu`` moves the decoding out of the workers: they read the JPEG bytes only, and
 ``_device_batch`` decodes each batch (nvJPEG on the GPU, or libjpeg-turbo on the CPU) and takes the
@@ -28,6 +29,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import AugmentConfig
 from .base import ImageDataModule, ignore_stop_signals
 from .decode import BadImageError
 from .folder import (
@@ -40,11 +42,10 @@ from .folder import (
     scan_files,
 )
 from .jpeg_batch import DECODE_CHOICES, EncodedJpeg, JpegBatch, collate_encoded, decode_batch
-from .mixing import check_alphas
 from .padding import pad_eval_batch
-from .policies import AutoAugmentName, PolicyAfter, augment_policy, mean_fill
+from .policies import PolicyAfter, mean_fill
 from .resolution import AtSize, ProgressiveResize, SizedShardSampler
-from .sharding import RepeatEpoch, ResumableLoader, SeededShardSampler, epoch_length
+from .sharding import ResumableLoader, SeededShardSampler
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -88,13 +89,7 @@ class ImageNetDataModule(ImageDataModule):
         test_size: int = 224,
         test_resize: int | None = None,
         progressive_resize: ProgressiveResize | None = None,
-        auto_augment: AutoAugmentName = "none",
-        auto_augment_magnitude: int = 9,
-        random_erasing: float = 0.0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        repeated_augmentation: int = 1,
-        repeated_augmentation_epoch: RepeatEpoch = "all_repeats",
+        augment: AugmentConfig = AugmentConfig(),
         decode: Literal["pil", "cpu", "gpu"] = "pil",
         shards: str | None = None,
     ) -> None:
@@ -152,20 +147,11 @@ class ImageNetDataModule(ImageDataModule):
                 start_epoch, end_epoch, step}`` (``resolution.ProgressiveResize``), replacing
                 ``train_size``. Each new size is a new input shape: a compiled model compiles again
                 (at most once per size; ``ProgressiveResize.sizes`` lists them).
-            auto_augment: a torchvision policy on each training image, after the crop and flip, in
-                the workers: "ra" RandAugment (2 ops), "ta_wide" TrivialAugmentWide (torchvision's
-                recipe), "aa" AutoAugment (ImageNet policy), "none".
-            auto_augment_magnitude: RandAugment's magnitude, 0..30 (torchvision: 9; timm RSB: 6-7).
-            random_erasing: probability of erasing a random box (2-33 %) of each training image,
-                filled with the mean colour (0: off; torchvision's recipe: 0.1).
-            mixup_alpha: MixUp on training batches, on the device (0: off; torchvision's recipe: 0.2).
-                Targets become soft [B, num_classes]; with ``cutmix_alpha`` too, one of the two per batch.
-            cutmix_alpha: CutMix on training batches, on the device (0: off; torchvision, timm: 1.0).
-            repeated_augmentation: each training image k times an epoch, copies on neighbouring ranks
-                (1: off; torchvision's recipe: 4, timm RSB A1: 3).
-            repeated_augmentation_epoch: "all_repeats": each image exactly k times an epoch (k times
-                the steps); "dataset_size": the epoch keeps the data set's length, as DeiT, timm and
-                torchvision count epochs (their recipes' epoch counts assume it).
+            augment: the modern recipes' training augmentation (``AugmentConfig``, data/augment.py: MixUp,
+                CutMix, AutoAugment / RandAugment / TrivialAugment, random erasing, repeated
+                augmentation), all off by default: ``--data.augment.mixup_alpha 0.2``. "aa" is
+                AutoAugment's ImageNet policy here; the policy runs on each image after the crop and
+                flip, in the workers (``policy_groups`` is CIFAR's only).
             decode: where training, validation and test images are decoded. "pil": in the DataLoader
                 workers, image by image (PIL / libjpeg-turbo, with reduced-size JPEG decoding for
                 large images). "gpu": the workers only read the files; each batch is decoded on the
@@ -195,9 +181,10 @@ class ImageNetDataModule(ImageDataModule):
         if min(train_size, test_size, test_resize or test_size) < 1:
             raise ValueError(f"train_size, test_size and test_resize must be >= 1 pixel, got {train_size}, "
                              f"{test_size}, {test_resize}")
-        augment_policy(auto_augment, auto_augment_magnitude, random_erasing)  # checks the values now
-        epoch_length(1, repeated_augmentation, repeated_augmentation_epoch)  # and these
-        check_alphas(mixup_alpha, cutmix_alpha)
+        self._keep_augment(augment)
+        if self.augment.policy_groups is not None:
+            raise ValueError(f"augment.policy_groups {self.augment.policy_groups}: CIFAR's only (its policy runs on "
+                             "the batch); ImageNet runs the policy per image in the workers: set it to null")
         lo, hi = (float(v) for v in crop_scale)
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale {list(crop_scale)}: give (min, max) area shares with 0 < min <= max <= 1, "
@@ -311,8 +298,7 @@ class ImageNetDataModule(ImageDataModule):
             crop = PaperTrainTransform(size, reference_size=224)
         else:
             crop = ModernTrainTransform(size, scale=tuple(hp.get("crop_scale", (0.08, 1.0))))
-        policy = augment_policy(hp.auto_augment, hp.auto_augment_magnitude, hp.random_erasing,
-                                fill=mean_fill(IMAGENET_MEAN))
+        policy = self.augment.policy(fill=mean_fill(IMAGENET_MEAN))
         return crop if policy is None else PolicyAfter(crop, policy)
 
     def setup(self, stage: str | None = None) -> None:

@@ -29,7 +29,8 @@ Mixing = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 
 
 def check_alphas(mixup_alpha: float, cutmix_alpha: float) -> None:
-    """One clear error for a negative alpha (the DataModules call it in ``__init__``)."""
+    """One clear error for a negative alpha given to ``batch_mixing`` directly (a DataModule's
+    ``AugmentConfig`` has refused it when it was built)."""
     for name, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
         if alpha < 0:
             raise ValueError(f"{name} must be >= 0 (0 turns it off), got {alpha}")

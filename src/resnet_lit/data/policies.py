@@ -2,9 +2,10 @@
 and RandomErasing, on uint8 image tensors [3, H, W].
 
 ``augment_policy(...)`` returns one ``v2.Compose`` (or None when everything is off) that the
-DataModules run on each training image after the crop and flip, while the image is still uint8:
-in the ImageNet workers (``PolicyAfter`` wraps the crop transform), and for CIFAR on each image of
-the gathered batch on the host (``CIFARDataModule``; the cost is measured in docs/recipes_data.md).
+DataModules build from their ``AugmentConfig`` (data/augment.py) and run on each training image
+while it is still uint8: in the ImageNet workers after the crop and flip (``PolicyAfter`` wraps the
+crop transform), and for CIFAR on each image of the gathered batch on the host, before its batched
+crop and flip (``CIFARDataModule``; the cost is measured in docs/recipes_data.md).
 The policies are torchvision's (``transforms.v2``), with its reference recipe's bilinear
 interpolation; their parameters are drawn per image.
 
@@ -15,12 +16,13 @@ erases after normalisation with 0, which is the mean, so this is the same image 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torchvision.transforms import v2
 
 AutoAugmentName = Literal["none", "ra", "ta_wide", "aa"]
+AUTO_AUGMENT_NAMES: tuple[str, ...] = get_args(AutoAugmentName)
 
 
 def augment_policy(
@@ -33,8 +35,8 @@ def augment_policy(
     """The per-image policy: ``auto_augment`` ("ra" RandAugment with 2 ops at ``magnitude`` of 31
     bins, "ta_wide" TrivialAugmentWide, "aa" AutoAugment's ``aa_policy``), then RandomErasing with
     probability ``random_erasing`` (area 2-33 %, filled with ``fill``, uint8 RGB). None: all off."""
-    if auto_augment not in ("none", "ra", "ta_wide", "aa"):
-        raise ValueError(f"auto_augment {auto_augment!r}: use one of none, ra, ta_wide, aa")
+    if auto_augment not in AUTO_AUGMENT_NAMES:
+        raise ValueError(f"auto_augment {auto_augment!r}: use one of {', '.join(AUTO_AUGMENT_NAMES)}")
     if not 0.0 <= random_erasing <= 1.0:
         raise ValueError(f"random_erasing is a probability in [0, 1], got {random_erasing}")
     if not 0 <= magnitude <= 30:

@@ -185,7 +185,7 @@ class ResNetCLI(CommandLineOverCheckpoint, LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError, DownloadError) as error:
-            _fail(str(error))
+            _fail(str(_raised_by_the_class(error)))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Two defaults that depend on the rest of the configuration, so not expressible as parser
@@ -240,6 +240,15 @@ def _at_scale(trainer: Trainer, model: ImageClassifier, datamodule: LightningDat
         trainer.fit_loop.epoch_loop.max_steps = schedule.steps(stated, batch)
         rank_zero_info(f"step counts stated at global batch {schedule.steps_at_batch}, run at {batch}: "
                        f"max_steps {stated} -> {trainer.max_steps} (the same images; `resnet-lit plan` shows all)")
+
+
+def _raised_by_the_class(error: BaseException) -> BaseException:
+    """The error a class raised itself: jsonargparse wraps one raised while it builds the DataModule
+    (an argument whose type is a Union) in a page on the Union's subtypes, chaining the original."""
+    inner = error.__cause__ or error.__context__
+    while isinstance(inner, (ValueError, FileNotFoundError, NotADirectoryError, DownloadError)):
+        error, inner = inner, inner.__cause__ or inner.__context__
+    return error
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -7,6 +7,8 @@ Three messages name an unknown key: "unrecognized arguments: --x 1" (a command-l
 "Group 'trainer' does not accept option 'x'" or "Subcommand 'fit' does not accept option
 'trainer.x'" (a config file) and, for the DataModule (chosen by ``class_path``, so its options are
 known only once the class is), "Problem with given class_path 'C': Option 'x' is not accepted".
+An option that moved into a dataclass argument of the DataModule (``--data.mixup_alpha``, now
+``--data.augment.mixup_alpha``: data/augment.py) is named at its new place (``moved_to``).
 A value of the wrong type (jsonargparse's nested "Does not validate against any of the Union
 subtypes" report) becomes ``--data.batch_size abc: expected int`` (``type_error_line``). Any
 other parser error keeps its message.
@@ -19,7 +21,9 @@ import importlib
 import inspect
 import os
 import re
+import typing
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
@@ -62,6 +66,12 @@ def one_line(message: str, options: Sequence[str], args: Sequence[str]) -> str |
         given = next((a.split("=", 1)[0] for a in args if a.startswith(f"--{key}.") and
                       a.split("=", 1)[0].rsplit(".", 1)[-1] == name), None)
         short = class_path.rsplit(".", 1)[-1]
+        home = moved_to(class_path, name)
+        if home and given:
+            return f"{given} moved: write {given.rsplit('.', 1)[0]}.{home}.{name}"
+        if home:
+            return (f"{key} option {name!r} moved under {home}: write {key}.init_args.{home}.{name} in the config file "
+                    f"(--{key}.{home}.{name} on the command line)")
         if given:
             return f"{given} is not an option of {short}{suggest(f'--{key}.{name}', [f'--{key}.{p}' for p in valid])}"
         return f"{key} option {name!r} is not accepted by {short}{suggest(name, valid)}"
@@ -126,6 +136,22 @@ def _init_parameters(class_path: str) -> list[str]:
         return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
+
+
+def moved_to(class_path: str, name: str) -> str | None:
+    """The argument of ``class_path``'s ``__init__`` whose dataclass has a field ``name`` (``augment``
+    for ``mixup_alpha``), or None: where a key that is no longer an argument of its own now lives."""
+    module, _, cls_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+        hints = typing.get_type_hints(cls.__init__)
+    except (ImportError, AttributeError, NameError, TypeError):
+        return None
+    for parameter, hint in hints.items():
+        for kind in (hint, *typing.get_args(hint)):  # AugmentConfig, or AugmentConfig | None
+            if is_dataclass(kind) and name in {f.name for f in fields(kind)}:
+                return parameter
+    return None
 
 
 def check_config_files(args: list[str], fail: Callable[[str], None]) -> None:
