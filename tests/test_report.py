@@ -177,7 +177,7 @@ def test_a_test_of_the_run_is_merged_into_its_row(tmp_path: Path) -> None:
     write_run(tmp_path / "runs" / "resnet20", "resnet20", [20.0, 10.0], [22.0, 12.0], max_steps=2 * STEPS_PER_EPOCH)
     (tmp_path / "runs" / "resnet20" / "test").mkdir()
     (tmp_path / "runs" / "resnet20" / "test" / "metrics.csv").write_text(
-        "epoch,step,test/acc1,test/error\n0,0,0.9125,8.75\n"
+        "epoch,step,test/acc1,test/error\n0,0,91.25,8.75\n"
     )
     runs = report.load_runs([tmp_path / "runs"])
     assert [r.name for r in runs] == ["resnet20"]

@@ -31,8 +31,9 @@ def ignored_padding(y: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy_figures(acc1: Any, acck: Any) -> dict[str, Any]:
-    """The columns logged for top-1 and top-k accuracy (fractions): also the errors, in percent."""
-    return {"acc1": acc1, "acc5": acck, "error": 100 * (1 - acc1), "error5": 100 * (1 - acck)}
+    """The columns logged for top-1 and top-k accuracy (fractions in): accuracies and errors, all in
+    percent, so that ``acc1 + error == 100`` in every row a reader compares."""
+    return {"acc1": 100 * acc1, "acc5": 100 * acck, "error": 100 * (1 - acc1), "error5": 100 * (1 - acck)}
 
 
 class EvalMetrics(nn.Module):
