@@ -127,6 +127,9 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError("model.compile_step needs model.compile: true, or its options ({mode: reduce-overhead})")
         self.automatic_optimization = not compile_step  # the compiled step makes the update itself
         self._fused: FusedStep | None = None
+        # validate / test of a checkpoint: its own epoch and step, which label the figures (a fresh
+        # Trainer counts from 0 whatever it restored)
+        self.evaluated_checkpoint: dict[str, int] | None = None
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -291,6 +294,11 @@ class ImageClassifier(pl.LightningModule):
         if values is not None:
             for name, value in values.items():
                 self.log(f"{stage}/{name}", value, prog_bar=name == "error", rank_zero_only=True)
+            if self.evaluated_checkpoint is not None and self.trainer.state.fn != "fit":
+                # Lightning writes a logged "step" as the row's step (and then no epoch of its own)
+                for key in ("epoch", "step"):
+                    at = self.evaluated_checkpoint["global_step" if key == "step" else key]
+                    self.log(key, float(at), rank_zero_only=True)
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
@@ -319,5 +327,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_format(checkpoint)  # a newer resnet-lit's checkpoint: one clear line, before any key is read
+        self.evaluated_checkpoint = {"epoch": int(checkpoint.get("epoch", 0)),
+                                     "global_step": int(checkpoint.get("global_step", 0))}
         self.train_accuracy.restore(train_counts_of(checkpoint), self.global_rank)  # a mid-epoch resume
 
