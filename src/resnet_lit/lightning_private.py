@@ -50,6 +50,8 @@ PRIVATE_NAMES = (
     "Trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
     "RichProgressBar._get_train_description",
+    # ... and prints its validation / test line through the bar's own console (above the live bar)
+    "RichProgressBar._console",
     # runs.callbacks: one line per validate / test instead of the loop's results table as well
     "Trainer.validate_loop.verbose",
     "Trainer.test_loop.verbose",
