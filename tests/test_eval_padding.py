@@ -73,6 +73,17 @@ def test_padding_rows_are_counted_nowhere() -> None:
     assert out["loss"] == pytest.approx(float(losses[:2].sum() / 2))
 
 
+def test_accuracies_and_errors_share_one_unit_percent() -> None:
+    # acc1 was logged as a fraction (0.5) beside error in percent (50.0)
+    metrics = EvalMetrics(num_classes=3, top_k=2)
+    scores = torch.tensor([[3.0, 1, 0], [0, 3, 1], [1, 3, 0], [3, 1, 0]])
+    y = torch.tensor([0, 1, 2, 2])
+    metrics.update(scores, y, torch.zeros(4))
+    out = metrics.compute()
+    assert out["acc1"] == pytest.approx(50.0) and out["error"] == pytest.approx(50.0)
+    assert out["acc5"] == pytest.approx(50.0) and out["error5"] == pytest.approx(50.0)
+
+
 def _validate(cifar_root: Path, pad: bool) -> tuple[dict[str, float], list[int]]:
     torch.manual_seed(0)
     module = ImageClassifier(arch="resnet20", num_classes=10, width=0.25)

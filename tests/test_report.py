@@ -177,7 +177,7 @@ def test_a_test_of_the_run_is_merged_into_its_row(tmp_path: Path) -> None:
     write_run(tmp_path / "runs" / "resnet20", "resnet20", [20.0, 10.0], [22.0, 12.0], max_steps=2 * STEPS_PER_EPOCH)
     (tmp_path / "runs" / "resnet20" / "test").mkdir()
     (tmp_path / "runs" / "resnet20" / "test" / "metrics.csv").write_text(
-        "epoch,step,test/acc1,test/error\n0,0,0.9125,8.75\n"
+        "epoch,step,test/acc1,test/error\n0,0,91.25,8.75\n"
     )
     runs = report.load_runs([tmp_path / "runs"])
     assert [r.name for r in runs] == ["resnet20"]
@@ -223,3 +223,46 @@ def test_two_runs_of_one_net_are_told_apart_in_the_legend(tmp_path: Path) -> Non
                   max_steps=STEPS_PER_EPOCH)
     runs = report.load_runs([tmp_path / "r20_seed0", tmp_path / "r20_seed1", tmp_path / "r56"])
     assert report.legend_names(runs, "ResNet") == ["ResNet-20 (r20_seed0)", "ResNet-20 (r20_seed1)", "ResNet-56"]
+
+
+def test_a_run_validated_once_is_drawn_as_a_marker(tmp_path: Path) -> None:
+    # one validation point makes a line of length zero: without a marker the run is invisible
+    write_run(tmp_path / "resnet20", "resnet20", [30.0], [35.0], max_steps=STEPS_PER_EPOCH)
+    fig = report.figure6(report.load_runs([tmp_path / "resnet20"]))
+    (solid,) = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "-" and len(line.get_xdata())]
+    assert list(solid.get_ydata()) == [35.0] and solid.get_marker() == "o"
+
+
+def test_runs_that_share_no_iteration_are_not_given_a_dash(tmp_path: Path) -> None:
+    # c2 stopped (running errors only) before c1 logged its first training error: was "c1 —"
+    write_run(tmp_path / "c1", "resnet20", [70.0, 50.0], [72.0, 55.0], max_steps=2 * STEPS_PER_EPOCH)
+    (tmp_path / "c2").mkdir()
+    (tmp_path / "c2" / "config.yaml").write_text("model:\n  arch: resnet56\ntrainer:\n  max_steps: 400\n")
+    (tmp_path / "c2" / "metrics.csv").write_text(
+        "epoch,step,train/error_running\n0,9,90.0\n0,19,85.0\n0,29,80.0\n")
+    table = report.error_table(report.load_runs([tmp_path / "c1", tmp_path / "c2"]))
+    assert "—." not in table and "Training error % at iteration" not in table
+    assert ("Training errors of the cifar10 runs share no iteration: c2 stopped at iteration 30; "
+            "c1 logged its first at iteration 50.") in table
+
+
+def test_a_test_on_a_subset_says_so(tmp_path: Path) -> None:
+    write_run(tmp_path / "resnet20", "resnet20", [20.0, 10.0], [22.0, 12.0], max_steps=2 * STEPS_PER_EPOCH)
+    (tmp_path / "resnet20" / "test").mkdir()
+    (tmp_path / "resnet20" / "test" / "config.yaml").write_text("trainer:\n  limit_test_batches: 0.1\n")
+    (tmp_path / "resnet20" / "test" / "metrics.csv").write_text(
+        "epoch,step,test/error,test/images\n1,99,9.5,1000.0\n")
+    table = report.error_table(report.load_runs([tmp_path / "resnet20"]))
+    assert _table_rows(table)["resnet20"][7] == "9.50"
+    assert ("- resnet20: the test error is of a subset of the test set (limit_test_batches 0.1, 1000 images), "
+            "not comparable with the paper's") in table
+    (tmp_path / "resnet20" / "test" / "config.yaml").write_text("trainer:\n  limit_test_batches: null\n")
+    assert "subset" not in report.error_table(report.load_runs([tmp_path / "resnet20"]))
+
+
+def test_short_runs_beside_a_long_one_get_a_log_iteration_axis(tmp_path: Path) -> None:
+    write_run(tmp_path / "long" / "resnet20", "resnet20", [30.0] * 40, [35.0] * 40, max_steps=40 * STEPS_PER_EPOCH)
+    write_run(tmp_path / "short" / "resnet56", "resnet56", [50.0, 40.0], [55.0, 45.0], max_steps=2 * STEPS_PER_EPOCH)
+    both = report.load_runs([tmp_path / "long", tmp_path / "short"])
+    assert report.figure6(both).axes[0].get_xscale() == "log"
+    assert report.figure6(report.load_runs([tmp_path / "long"])).axes[0].get_xscale() == "linear"

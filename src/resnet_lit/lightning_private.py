@@ -50,6 +50,11 @@ PRIVATE_NAMES = (
     "Trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor",
     # runs.callbacks.StepRichProgressBar describes the bar by steps (overrides this method)
     "RichProgressBar._get_train_description",
+    # ... and prints its validation / test line through the bar's own console (above the live bar)
+    "RichProgressBar._console",
+    # runs.callbacks: one line per validate / test instead of the loop's results table as well
+    "Trainer.validate_loop.verbose",
+    "Trainer.test_loop.verbose",
     # runs.csv_logger.ResumableCSVLogger keeps and appends to metrics.csv
     "CSVLogger._experiment",
     "CSVLogger._fs",
@@ -65,6 +70,13 @@ def should_update_logs(trainer: Any) -> bool:
     """Whether the logger writes this step (``log_every_n_steps``); True when that cannot be told."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def quiet_results_table(trainer: Any) -> None:
+    """No results table from ``validate`` / ``test`` (``verbose``, an attribute of Lightning's private
+    evaluation loop): the progress callbacks print the figures in one line instead."""
+    for loop in (trainer.validate_loop, trainer.test_loop):
+        loop.verbose = False
 
 
 def count_optimizer_step(trainer: Any) -> None:

@@ -18,6 +18,7 @@ import math
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from resnet_lit.commands.run_logs import (  # noqa: F401 (report.load_run and the rest stay importable from here)
     CIFAR_DEPTHS,
@@ -69,22 +70,42 @@ def legend_names(runs: list[Run], label: str) -> list[str]:
             for run, name in zip(runs, names)]
 
 
+# A run this many times shorter than the longest one would be squeezed against the y axis of a
+# linear x axis (a 2k-iteration CPU study beside the 64k schedule): the x axis turns logarithmic.
+LOG_X_RATIO = 10
+
+
+def uses_log_x(runs: list[Run]) -> bool:
+    lengths = [r.last_step + 1 for r in runs if r.last_step >= 0]
+    return len(lengths) > 1 and max(lengths) >= LOG_X_RATIO * min(lengths)
+
+
 def plot_figure6(
     runs: list[Run], out: str | Path, title: str | None = None, ylim: tuple[float, float] | None = None
 ) -> Path:
-    """Draw Figure 6: plain nets left, ResNets right (one panel if only one family has runs);
-    train error dashed, val/test error solid.
+    """Draw Figure 6 (``figure6``) into ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = figure6(runs, title, ylim)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def figure6(runs: list[Run], title: str | None = None, ylim: tuple[float, float] | None = None) -> Any:
+    """Figure 6 as a matplotlib Figure: plain nets left, ResNets right (one panel if only one family
+    has runs); train error dashed, val/test error solid, a marker on a curve of one point (a run
+    validated once would draw nothing otherwise).
 
     Colour follows depth so plain-20 and ResNet-20 match across panels. x is iterations in units
-    of 1e4 like the paper (1e3, or plain iterations, for shorter runs such as CPU studies).
+    of 1e4 like the paper (1e3, or plain iterations, for shorter runs such as CPU studies), on a
+    log scale when the runs' lengths differ by ``LOG_X_RATIO`` or more.
     """
     from matplotlib.figure import Figure  # the Agg canvas, no pyplot state
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     runs = sorted(runs, key=_sort_key)
     last = max((r.last_step for r in runs), default=0)
-    unit = 1e4 if last >= 2e4 else 1e3 if last >= 2e3 else 1.0
+    log_x = uses_log_x(runs)
+    unit = 1.0 if log_x else 1e4 if last >= 2e4 else 1e3 if last >= 2e3 else 1.0
     depths = sorted({r.depth or 0 for r in runs})
     colour_of = {d: _COLORS[i % len(_COLORS)] for i, d in enumerate(depths)}
 
@@ -103,13 +124,16 @@ def plot_figure6(
             train, evaluated = run.train_curve(), run.column(VAL_ERROR) or run.column(TEST_ERROR)
             # the CSV's step is 0-based: a value logged at step s follows s + 1 iterations
             if train:
-                ax.plot([(s + 1) / unit for s, _ in train], [v for _, v in train], "--", color=colour, linewidth=1)
+                ax.plot([(s + 1) / unit for s, _ in train], [v for _, v in train], "--", color=colour, linewidth=1,
+                        marker="x" if len(train) == 1 else None)
             if evaluated:
                 ax.plot([(s + 1) / unit for s, _ in evaluated], [v for _, v in evaluated], "-", color=colour,
-                        linewidth=2, label=name)
+                        linewidth=2, label=name, marker="o" if len(evaluated) == 1 else None)
             elif train:
                 ax.plot([], [], "-", color=colour, linewidth=2, label=f"{name} (train only)")
-        ax.set_xlabel(f"iter. (1e{int(math.log10(unit))})" if unit > 1 else "iter.")
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"iter. (1e{int(math.log10(unit))})" if unit > 1 else "iter. (log scale)" if log_x else "iter.")
         ax.set_title(("plain nets" if label == "plain" else "ResNets") + ("" if panel_runs else " (no runs)"))
         ax.grid(alpha=0.3)
         if panel_runs:
@@ -122,8 +146,7 @@ def plot_figure6(
         textwrap.fill(title or "training error (dashed), test/val error (solid)", 60 * len(families)), fontsize=10
     )
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    return out
+    return fig
 
 
 def _fmt(value: float | None) -> str:
@@ -155,6 +178,9 @@ def error_table(runs: list[Run]) -> str:
             notes.append(f"- {run.name}: no rows logged yet ({run.csv_path})")
         elif missing:
             notes.append(f"- {run.name}: no {' or '.join(missing)} column in {run.csv_path}")
+        if test and run.test_subset:
+            notes.append(f"- {run.name}: the test error is of a subset of the test set ({run.test_subset}), "
+                         "not comparable with the paper's")
         if run.dropped_partial_line:
             notes.append(f"- {run.name}: last line was half-written (run still going) and was skipped")
     families = sorted({r.family for r in runs} & set(PAPER_SOURCE))
@@ -193,6 +219,13 @@ def common_step_errors(runs: list[Run]) -> list[str]:
         if len(family_runs) < 2 or not all(trains) or len({t[-1][0] for t in trains}) == 1:
             continue
         step = min(t[-1][0] for t in trains)
+        shortest = next(r for r, t in zip(family_runs, trains) if t[-1][0] == step)
+        late = [(r, t[0][0]) for r, t in zip(family_runs, trains) if t[0][0] > step]
+        if late:  # no iteration where every run has a training error: say so, not "run —"
+            firsts = ", ".join(f"{r.name} logged its first at iteration {first + 1}" for r, first in late)
+            lines.append(f"Training errors of the {family} runs share no iteration: {shortest.name} stopped at "
+                         f"iteration {step + 1}; {firsts}.")
+            continue
         values = ", ".join(f"{r.name} {_fmt(_at_step(t, step))}" for r, t in zip(family_runs, trains))
         lines.append(f"Training error % at iteration {step + 1}, the last one every {family} run reached: {values}.")
     return lines

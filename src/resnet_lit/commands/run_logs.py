@@ -59,6 +59,9 @@ class Run:
     # from-scratch run on the paper's data set, "other" for anything else (another data set, a
     # fine-tune), None when the run has no config (then the depth in the arch name decides).
     dataset: str | None = None
+    # What part of the test set a `resnet-lit test` of the run evaluated, when not all of it
+    # (`trainer.limit_test_batches` in its config.yaml): e.g. "limit_test_batches 0.1, 1000 images".
+    test_subset: str | None = None
 
     def column(self, names: tuple[str, ...]) -> list[tuple[int, float]]:
         """The first of `names` that was logged, as (step, value) pairs; [] if none was."""
@@ -263,13 +266,23 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
             value = _to_float(text_value)
             if value is not None:
                 run.series.setdefault(key, []).append((int(step), value))
+    run.test_subset = _test_subset(trainer.get("limit_test_batches"), run.series.get("test/images"))
     evaluation = csv_path.parent / "test" / "metrics.csv"
     if evaluation.is_file() and evaluation != csv_path:  # `resnet-lit test` logged beside the run
         tested = load_run(evaluation)
         for key, values in tested.series.items():
             if key.startswith("test/"):
                 run.series[key] = values
+        run.test_subset = tested.test_subset
     return run
+
+
+def _test_subset(limit: Any, images: list[tuple[int, float]] | None) -> str | None:
+    """How a test limited by ``trainer.limit_test_batches`` is described; None for the whole test set."""
+    if limit is None or isinstance(limit, bool) or limit == 1.0 and isinstance(limit, float):
+        return None
+    counted = f", {int(images[-1][1])} images" if images else ""
+    return f"limit_test_batches {limit}{counted}"
 
 
 # `resnet-lit validate/test/predict` log into these subfolders of the training run's directory.

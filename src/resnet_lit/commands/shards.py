@@ -117,6 +117,7 @@ def convert_split(src: Path, out: Path, split: str, args: argparse.Namespace, cl
         shutil.rmtree(stale, ignore_errors=True)
     litdata = require_litdata()
     started = time.perf_counter()
+    progress(f"{split}: writing {len(samples)} samples with {args.workers} process(es) ...")
     litdata.optimize(
         fn=ConvertSample(str(split_dir), samples, args.max_side, args.quality),
         inputs=list(range(len(samples))),  # indices, not paths: LitData would copy path inputs to a cache first
@@ -126,7 +127,7 @@ def convert_split(src: Path, out: Path, split: str, args: argparse.Namespace, cl
         reorder_files=False,
         keep_data_ordered=True,  # contiguous slices per worker: sample i is the source's image i
         start_method="fork" if sys.platform == "linux" else None,  # spawn costs ~15 s of imports per worker
-        verbose=True,
+        verbose=False,  # LitData's progress bars (escape codes in a log) and its cloud banner: our lines say it
     )
     progress(f"{split}: wrote {len(samples)} samples in {time.perf_counter() - started:.0f} s; reading them back ...")
     counts = check_split(partial, samples, split_dir, resized=args.max_side is not None)

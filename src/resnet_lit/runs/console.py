@@ -11,6 +11,18 @@ Silenced (each is true in general, but says nothing a resnet-lit user can act on
   a new run into a used directory is refused by the CLI before it starts;
 - "ModelCheckpoint(monitor='val/error') could not find the monitored key" when a run stops
   before its first validation: ``best-*.ckpt`` is written at the first validation.
+- "It is recommended to use ``self.log(..., sync_dist=True)``" for the figures of ImageClassifier
+  under DDP: they are counted over every rank already (torchmetrics, exact sums) and logged once;
+- "Found N module(s) in eval mode at the start of training": the frozen batch norms of a fine-tune
+  (``--model.freeze``), in eval mode on purpose (training/finetune.py);
+- "Loading `train_dataloader` to estimate number of stepping batches": the schedule's length in steps;
+- "The dirpath has changed from ...": predict / validate / test of another run's checkpoint, or a
+  resume into another directory; nothing of the old directory's best checkpoints is needed there;
+- torch's "No CUDA runtime is found, using CUDA_HOME=...": a CUDA toolkit on a machine without a
+  GPU; the run says where it trains anyway.
+
+Every other warning stays, on one line ("resnet-lit: warning: <message>") instead of Python's
+"<path>:<line>: <category>: <message>" and the source line under it.
 
 Lightning's model summary table is replaced by :func:`model_line` (its FLOPs column reads 0
 without an example input): parameters and the paper's multiply-adds, counted on the network.
@@ -30,12 +42,23 @@ from lightning.pytorch.utilities import rank_zero_info
 _NOISE = (
     r"isinstance\(treespec, LeafSpec\)` is deprecated",
     r"`ModelCheckpoint\(monitor='val/error'\)` could not find the monitored key",
+    r"It is recommended to use `self\.log\('(train|val|test)/[^']+', \.\.\., sync_dist=True\)`",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"The dirpath has changed from ",
 )
+# info lines of Lightning's and torch's loggers (messages' beginnings)
+_NOISE_LOGGED = ("💡 Tip", "Loading `train_dataloader` to estimate number of stepping batches",
+                 "No CUDA runtime is found")
 
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(_NOISE_LOGGED)
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    return f"resnet-lit: warning: {message}\n"
 
 
 def silence_noise() -> None:
@@ -45,8 +68,10 @@ def silence_noise() -> None:
     if "SLURM_JOB_ID" not in os.environ:
         warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used")
     for name in ("lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
-                 "lightning.pytorch.trainer.connectors.callback_connector", "lightning.pytorch.utilities.rank_zero"):
+                 "lightning.pytorch.trainer.connectors.callback_connector", "lightning.pytorch.utilities.rank_zero",
+                 "torch.utils.cpp_extension"):
         logging.getLogger(name).addFilter(_DropTips())
+    warnings.formatwarning = _one_line  # after Lightning's import, which sets its own "<path>: <message>"
 
 
 def silence_resume_noise() -> None:

@@ -29,7 +29,7 @@ from resnet_lit.lightning_private import layer_sync, set_layer_sync, should_upda
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
 from resnet_lit.training.ema import EMAConfig, EMAWeights, ema_at_scale
-from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, scores_and_losses
+from resnet_lit.training.eval_metrics import EvalMetrics, accuracy_figures, log_checkpoint_position, scores_and_losses
 from resnet_lit.training.finetune import Freeze, SyncUnfrozenBatchNorm, apply_freeze, weights_from_rank_zero
 from resnet_lit.training.fused_step import FusedStep, check_fit, lr_as_float
 from resnet_lit.training.losses import LossKind, build_loss
@@ -132,6 +132,7 @@ class ImageClassifier(pl.LightningModule):
         self.automatic_optimization = not compile_step  # the compiled step makes the update itself
         self._fused: FusedStep | None = None
         self.augments_training_batches = False  # see on_train_start
+        self.evaluated_checkpoint: dict[str, int] | None = None  # its epoch and step label validate / test
 
     # ----------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -200,8 +201,7 @@ class ImageClassifier(pl.LightningModule):
             self._fused = FusedStep.of(self)
             self.augments_training_batches = self._fused.prepare is not None  # read by the DataModule's hook
 
-    def on_train_epoch_start(self) -> None:
-        # (Lightning skips this hook when it resumes a run mid-epoch: on_load_checkpoint's counts stay.)
+    def on_train_epoch_start(self) -> None:  # skipped on a mid-epoch resume: on_load_checkpoint's counts stay
         self.train_accuracy.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -210,7 +210,7 @@ class ImageClassifier(pl.LightningModule):
             for name, value in accuracy_figures(*rates).items():
                 self.log(f"train/{name}", value, prog_bar=name == "error", rank_zero_only=True)
 
-    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:  # what TrainAccuracy.compute sums with
         return self.trainer.strategy.reduce(t, reduce_op="sum")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -225,20 +225,19 @@ class ImageClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        x, paths = batch
-        return {"paths": list(paths), "probs": self.predict_probs(x)}
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:  # batch: images, their paths
+        return {"paths": list(batch[1]), "probs": self.predict_probs(batch[0])}
 
     def _eval_step(self, batch: Any, stage: str) -> None:
-        x, y = batch
-        scores, losses = scores_and_losses(self, x, y, self.criterion.label_smoothing)
-        self.metrics[stage].update(scores, y, losses)
+        scores, losses = scores_and_losses(self, *batch, self.criterion.label_smoothing)
+        self.metrics[stage].update(scores, batch[1], losses)
 
     def _log_epoch_metrics(self, stage: str) -> None:
         values = self.metrics[stage].compute()
         if values is not None:
             for name, value in values.items():
                 self.log(f"{stage}/{name}", value, prog_bar=name == "error", rank_zero_only=True)
+            log_checkpoint_position(self)
 
     # ------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
@@ -268,5 +267,6 @@ class ImageClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_format(checkpoint)  # a newer resnet-lit's checkpoint: one clear line, before any key is read
+        self.evaluated_checkpoint = {key: int(checkpoint.get(key, 0)) for key in ("epoch", "global_step")}
         self.train_accuracy.restore(train_counts_of(checkpoint), self.global_rank)  # a mid-epoch resume
 

@@ -31,8 +31,9 @@ def ignored_padding(y: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy_figures(acc1: Any, acck: Any) -> dict[str, Any]:
-    """The columns logged for top-1 and top-k accuracy (fractions): also the errors, in percent."""
-    return {"acc1": acc1, "acc5": acck, "error": 100 * (1 - acc1), "error5": 100 * (1 - acck)}
+    """The columns logged for top-1 and top-k accuracy (fractions in): accuracies and errors, all in
+    percent, so that ``acc1 + error == 100`` in every row a reader compares."""
+    return {"acc1": 100 * acc1, "acc5": 100 * acck, "error": 100 * (1 - acc1), "error5": 100 * (1 - acck)}
 
 
 class EvalMetrics(nn.Module):
@@ -80,3 +81,12 @@ def scores_and_losses(module: Any, x: Any, y: torch.Tensor,
                                        label_smoothing=label_smoothing)
     scores = module.predict_probs(x)
     return scores, F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="none", ignore_index=SKIPPED_LABEL)
+
+
+def log_checkpoint_position(module: Any) -> None:
+    """``validate`` / ``test`` of a checkpoint: its own epoch and step label the figures (a fresh Trainer
+    counts from 0 whatever it restored). Lightning writes a logged ``step`` as the metrics row's step."""
+    at = module.evaluated_checkpoint
+    if at is not None and module.trainer.state.fn != "fit":
+        module.log("epoch", float(at["epoch"]), rank_zero_only=True)
+        module.log("step", float(at["global_step"]), rank_zero_only=True)
