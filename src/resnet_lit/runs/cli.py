@@ -10,6 +10,17 @@ without one, ``runs/<arch>``):
 ``config.yaml``, ``metrics.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``; ``fit``
 holds its ``fit.lock`` while it runs (``runs.run_lock``). Ctrl-C or SIGTERM saves ``last.ckpt`` and exits
 with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
+
+Exit status (the README's table; the constants are ``runs.exit_codes``, ``tests/test_exit_codes.py``
+checks that the three agree):
+
+    0    success
+    1    run failure: the run stopped for a reason outside the code (a loss that is not finite, a full
+         disk, a lost DDP rank), in one line; or an unexpected error, which keeps its traceback
+    2    usage or configuration error: refused in one line before anything trained
+    130  SIGINT (Ctrl-C): stopped after the batch under way, last.ckpt saved
+    143  SIGTERM: likewise
+    138  SIGUSR1 (SLURM's requeue signal): likewise, and the job requeued
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from resnet_lit.runs import help as help_text
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
+from resnet_lit.runs.exit_codes import OK, RUN_FAILED, USAGE
 from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
 from resnet_lit.runs.flag_errors import check_config_files, one_line, option_strings
 from resnet_lit.runs.interrupt import StopOnSignal, exit_status, ignore_termination_while_exiting
@@ -296,7 +308,7 @@ def _refuse_to_overwrite(checkpoint_dir: Path, run_dir: Path) -> None:
 
 def _fail(message: str) -> None:
     print(f"resnet-lit: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(USAGE)
 
 
 def _run_failure(error: BaseException) -> tuple[str, bool] | None:
@@ -325,14 +337,14 @@ def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     if args[:1] in (["--help"], ["-h"]):  # one screen; `resnet-lit fit --help` has every option
         print(help_text.OVERVIEW, end="")
-        raise SystemExit(0)
+        raise SystemExit(OK)
     if args and args[0] in SUBCOMMANDS and ("--help" in args or "-h" in args):
         print(help_text.common_options(args[0]))  # what users set most, before LightningCLI's full list
     if args[:1] in (["--version"], ["-V"]):
         from resnet_lit import __version__
 
         print(f"resnet-lit {__version__}")
-        raise SystemExit(0)
+        raise SystemExit(OK)
     if args and args[0] in TOOLS:
         raise SystemExit(_run_tool(args[0], args[1:]))
     if not args or (args[0] not in SUBCOMMANDS and not args[0].startswith("-")):
@@ -370,7 +382,7 @@ def main(args: list[str] | None = None) -> None:
         message, every_rank = failure
         if every_rank or rank_zero_only.rank == 0:
             print(f"resnet-lit: error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(RUN_FAILED) from None
     finally:
         while _RUN_LOCKS:
             _RUN_LOCKS.pop().release()
