@@ -50,7 +50,7 @@ from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
 from resnet_lit.runs.exit_codes import OK, RUN_FAILED, USAGE
-from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
+from resnet_lit.runs.failures import collective_failure_message, out_of_space_message, wandb_login_message
 from resnet_lit.runs.flag_errors import check_config_files, one_line, option_strings
 from resnet_lit.runs.interrupt import StopOnSignal, exit_status, ignore_termination_while_exiting
 from resnet_lit.runs.predict import PredictionWriter
@@ -376,6 +376,9 @@ def main(args: list[str] | None = None) -> None:
         _fail(f"--model.{error}\nTo evaluate, the weights must fit the model as they are, classifier included "
               "(the same arch and class count); a fine-tuned run's checkpoint goes in with --ckpt_path.")
     except Exception as error:  # noqa: BLE001 - only the failures _run_failure knows; the rest re-raised
+        login = wandb_login_message(error)
+        if login is not None:  # a setting to make, not a failure of the run
+            _fail(login)
         failure = _run_failure(error)
         if failure is None:
             raise
