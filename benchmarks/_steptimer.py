@@ -87,3 +87,24 @@ class RunClock(Callback):
         }
         with open(self.path, "w") as f:
             json.dump(out, f, indent=2)
+
+
+class FirstStep(Callback):
+    """Wall-clock times (``time.time()``, comparable across processes) of the first training batch's
+    start and of its optimiser step's end, written as JSON to ``path``: ``startup.py`` subtracts the
+    moment it started the process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._start is None:
+            self._start = time.time()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._start is not None and trainer.global_step == 1:
+            import json
+
+            with open(self.path, "w") as f:
+                json.dump({"first_batch_start": self._start, "first_step_end": time.time()}, f)

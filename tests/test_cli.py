@@ -441,17 +441,6 @@ def test_top_level_help_fits_one_screen_and_its_examples_name_real_files(capsys,
         assert (repo_root / config).is_file(), config
 
 
-def test_fit_help_starts_with_the_options_set_most_often(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    header, full = out.split("usage:", 1)
-    assert header.startswith("resnet-lit fit: the options set most often")
-    for flag in re.findall(r"^  (--[\w.]+)", header, flags=re.M):  # each one a real option of the full list
-        assert flag.startswith("--data.") or flag in full, flag
-
-
 def test_optional_forced_callbacks_can_be_switched_off(cache_dir, tmp_path, capsys):
     run_dir = tmp_path / "off"
     main(fit_args(run_dir, cache_dir, "--callbacks_off", "[throughput, lr_monitor, checkpoint]", steps=2))

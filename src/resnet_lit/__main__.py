@@ -1,4 +1,4 @@
-from resnet_lit.runs.cli import main
+from resnet_lit.runs.entry import main
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ from torch import nn
 
 from resnet_lit.checkpointing.weights import guess_architecture, load_into, load_state_dict_file
 from resnet_lit.models import create_model
+from resnet_lit.runs.exit_codes import OK, USAGE
 
 log = logging.getLogger("resnet_lit")
 
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if output.resolve() == source.resolve():
         print(f"resnet-lit export: error: output {output} would overwrite the checkpoint; pass --output",
               file=sys.stderr)
-        return 2
+        return USAGE
     try:
         model, metadata = build_from_file(source, args.arch)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +270,6 @@ def main(argv: list[str] | None = None) -> int:
             detail = f" (max |diff| {export_program(model, output, args.image_size, args.atol):.2g})"
     except (ValueError, FileNotFoundError) as e:  # UnsafeCheckpointError and ExportError are ValueErrors
         print(f"resnet-lit export: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE
     print(f"wrote {output}{detail}")
-    return 0
+    return OK

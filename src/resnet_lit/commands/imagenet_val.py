@@ -21,6 +21,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from resnet_lit.runs.exit_codes import OK
+
 
 def _devkit_data(devkit: Path, tmp: str) -> Path:
     """The devkit's ``data/`` folder, extracting a .tar.gz devkit into ``tmp`` first."""
@@ -124,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
     n = sort_val(args.val_dir, labels, args.out, args.mode)
     verb = {"move": "moved", "copy": "copied", "symlink": "linked"}[args.mode]
     print(f"{verb} {n} images into {len(set(labels.values()))} class folders under {args.out or args.val_dir}")
-    return 0
+    return OK

@@ -29,6 +29,7 @@ from lightning.pytorch import LightningDataModule
 
 from resnet_lit.runs.cli import ResNetCLI, _fail
 from resnet_lit.runs.console import silence_noise
+from resnet_lit.runs.exit_codes import OK, USAGE
 from resnet_lit.runs.flag_errors import check_config_files
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.ema import EMAConfig, ema_at_scale, half_life_steps
@@ -47,7 +48,7 @@ class PlanError(ValueError):
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--help"], ["-h"]):
         print(__doc__)
-        return 0
+        return OK
     argv, hint = _take_option(argv, "--data.train_size_hint")
     argv, _ = _take_option(argv, "--ckpt_path")
     config = parse_fit_config(argv)
@@ -55,9 +56,9 @@ def main(argv: list[str]) -> int:
         lines = plan(config, int(hint) if hint is not None else None)
     except PlanError as error:
         print(f"resnet-lit: error: {error}", file=sys.stderr)
-        return 2
+        return USAGE
     print("\n".join(f"{key}: {value}" for key, value in lines.items()))
-    return 0
+    return OK
 
 
 class _ParseOnly(ResNetCLI):

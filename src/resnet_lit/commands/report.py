@@ -35,6 +35,7 @@ from resnet_lit.commands.run_logs import (  # noqa: F401 (report.load_run and th
     load_run,
     load_runs,
 )
+from resnet_lit.runs.exit_codes import OK, USAGE
 
 PAPER_SOURCE = {"cifar10": "Table 6, test error", "imagenet": "Tables 2-3, 10-crop top-1 val error"}
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = load_runs(args.runs)
     except (ReportError, OSError) as err:
         print(f"resnet-lit report: error: {err}", file=sys.stderr)
-        return 2
+        return USAGE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for family in sorted({r.family for r in runs}):
@@ -267,4 +268,4 @@ def main(argv: list[str] | None = None) -> int:
     (out / "errors.md").write_text(table)
     print(f"wrote {out / 'errors.md'}\n")
     print(table, end="")
-    return 0
+    return OK

@@ -30,6 +30,7 @@ from typing import Any
 from resnet_lit.data.decode import BadImageError, bad_image_message, skipped_message
 from resnet_lit.data.folder import check_same_classes, progress, resolve_split, scan_files, scan_image_folder
 from resnet_lit.data.shards import FORMAT, FORMAT_VERSION, META_NAME, ShardImages, require_litdata, write_meta
+from resnet_lit.runs.exit_codes import OK, USAGE
 
 JPEG_QUALITY = 90  # FFCV's default for its resized JPEGs
 
@@ -188,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"none of the splits {args.splits} is in {args.src} (as a folder or .tar.gz)")
     except (BadImageError, FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         print(f"resnet-lit shards: {exc}", file=sys.stderr)
-        return 1
+        return USAGE  # a missing source, a bad image, no litdata: the input, not a run
     print(f"shards of {args.src} in {args.out}: " + ", ".join(
         f"{s} {v['images']} images" for s, v in meta["splits"].items()) + f", {len(classes)} classes")
-    return 0
+    return OK
 
 
 def _load_meta(path: Path) -> dict[str, Any] | None:

@@ -81,7 +81,7 @@ def detect_source(root: Path) -> tuple[str, list[Path]]:
         raise FileNotFoundError(
             f"CIFAR root {shown(root)} does not exist. Point root at a folder holding cifar-10-batches-py/ "
             "(or cifar-100-python/), train.tar.gz + test.tar.gz, or train/<class>/ + test/<class>/; "
-            "or pass download=True on a machine with internet access."
+            "or fetch it with `--data.download true` (download=True in Python) on a machine with internet access."
         )
     found = _pickle_dir(root)
     if found is not None:
@@ -102,7 +102,7 @@ def detect_source(root: Path) -> tuple[str, list[Path]]:
         f"no CIFAR data found in {root}: expected cifar-10-batches-py/ or cifar-100-python/ "
         "(torchvision's format), train.tar.gz + test.tar.gz, or train/<class>/ + test/<class>/ folders"
         + (f" (found {train_ar or test_ar} without its partner)" if (train_ar or test_ar) else "")
-        + ". Pass download=True to fetch CIFAR with torchvision when online."
+        + ". Fetch CIFAR with torchvision when online: `--data.download true` (download=True in Python)."
     )
 
 

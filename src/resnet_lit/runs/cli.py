@@ -10,11 +10,21 @@ without one, ``runs/<arch>``):
 ``config.yaml``, ``metrics.csv``, ``checkpoints/last.ckpt`` and ``checkpoints/best-*.ckpt``; ``fit``
 holds its ``fit.lock`` while it runs (``runs.run_lock``). Ctrl-C or SIGTERM saves ``last.ckpt`` and exits
 with 130 / 143 (``runs.interrupt``); ``--ckpt_path auto`` resumes from it.
+
+Exit status (the README's table; the constants are ``runs.exit_codes``, ``tests/test_exit_codes.py``
+checks that the three agree):
+
+    0    success
+    1    run failure: the run stopped for a reason outside the code (a loss that is not finite, a full
+         disk, a lost DDP rank), in one line; or an unexpected error, which keeps its traceback
+    2    usage or configuration error: refused in one line before anything trained
+    130  SIGINT (Ctrl-C): stopped after the batch under way, last.ckpt saved
+    143  SIGTERM: likewise
+    138  SIGUSR1 (SLURM's requeue signal): likewise, and the job requeued
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -42,12 +52,14 @@ from resnet_lit.checkpointing.weights import InitWeightsError
 from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
 from resnet_lit.lightning_private import CommandLineOverCheckpoint
-from resnet_lit.runs import help as help_text
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
-from resnet_lit.runs.failures import collective_failure_message, out_of_space_message
+from resnet_lit.runs.entry import SUBCOMMANDS, answer_without_lightning, cli_args
+from resnet_lit.runs.exit_codes import RUN_FAILED, USAGE
+from resnet_lit.runs.failures import collective_failure_message, out_of_space_message, wandb_login_message
 from resnet_lit.runs.flag_errors import check_config_files, one_line, option_strings
+from resnet_lit.runs.help import CKPT_PATH_HELP
 from resnet_lit.runs.interrupt import StopOnSignal, exit_status, ignore_termination_while_exiting
 from resnet_lit.runs.prediction_writer import PredictionWriter
 from resnet_lit.runs.run_lock import RunDirInUse, RunDirLock, is_first_process
@@ -55,15 +67,6 @@ from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.nonfinite import NonFiniteLossError
 from resnet_lit.training.schedules import check_warmup, global_batch_size
 
-# Commands that are not Trainer entry points: name -> "module:function(argv) -> int".
-TOOLS = {
-    "export": "resnet_lit.commands.export:main",
-    "report": "resnet_lit.commands.report:main",
-    "imagenet-val": "resnet_lit.commands.imagenet_val:main",
-    "shards": "resnet_lit.commands.shards:main",
-    "plan": "resnet_lit.commands.plan:main",
-}
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Forced callbacks a run may leave out (--callbacks_off); the others make resume exact.
 OptionalCallback = Literal["checkpoint", "throughput", "lr_monitor", "predictions"]
 _RUN_LOCKS: list[RunDirLock] = []  # held until main() returns (tests run several fits in one process)
@@ -72,6 +75,15 @@ _run_dir: list[Path] = []  # the run directory of the command under way, for the
 
 class ResNetCLI(CommandLineOverCheckpoint, LightningCLI):
     """LightningCLI with the run directory, checkpointing and logging resnet-lit runs share."""
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
+                     subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        # --ckpt_path's help is Trainer.fit's ("best", "hpc", "registry"), not what resnet-lit takes
+        for parser in getattr(self, "_option_parsers", []):  # the subcommands' (add_arguments_to_parser)
+            for action in parser._actions:
+                if action.dest == "ckpt_path":
+                    action.help = CKPT_PATH_HELP
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.__dict__.setdefault("_option_parsers", []).append(parser)  # for "did you mean" (flag_errors.py)
@@ -288,7 +300,7 @@ def _classes_from_checkpoint(config: Any, checkpoint: dict[str, Any]) -> None:
 
 def _fail(message: str) -> None:
     print(f"resnet-lit: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(USAGE)
 
 
 def _run_failure(error: BaseException) -> tuple[str, bool] | None:
@@ -306,31 +318,15 @@ def _run_failure(error: BaseException) -> tuple[str, bool] | None:
     return (message, True) if message is not None else None
 
 
-def _run_tool(name: str, argv: list[str]) -> int:
-    module_name, function = TOOLS[name].split(":")
-    return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
-
-
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``resnet-lit`` and ``python -m resnet_lit``; tests call it in-process."""
+    """fit / validate / test / predict (``runs.entry.main``, the ``resnet-lit`` command, answers --help,
+    --version and the tools before importing this module); tests call it in-process."""
     from_command_line = args is None
     args = list(sys.argv[1:] if args is None else args)
-    if args[:1] in (["--help"], ["-h"]):  # one screen; `resnet-lit fit --help` has every option
-        print(help_text.OVERVIEW, end="")
-        raise SystemExit(0)
-    if args and args[0] in SUBCOMMANDS and ("--help" in args or "-h" in args):
-        print(help_text.common_options(args[0]))  # what users set most, before LightningCLI's full list
-    if args[:1] in (["--version"], ["-V"]):
-        from resnet_lit._version import __version__
-
-        print(f"resnet-lit {__version__}")
-        raise SystemExit(0)
-    if args and args[0] in TOOLS:
-        raise SystemExit(_run_tool(args[0], args[1:]))
-    if not args or (args[0] not in SUBCOMMANDS and not args[0].startswith("-")):
-        given = f" {args[0]!r} is not one." if args else ""
-        _fail(f"give a command: {', '.join(SUBCOMMANDS)}, or a tool: {', '.join(TOOLS)}.{given} "
-              "`resnet-lit --help` and `resnet-lit fit --help` list the options.")
+    answer_without_lightning(args)  # --help, --version, a tool, a misspelt command (runs.entry)
+    args = cli_args(args)  # --help full; an evaluation writes into its checkpoint's run directory
+    if from_command_line:
+        sys.argv[1:] = args
     check_config_files(args, fail=_fail)
     silence_noise()
     try:
@@ -356,13 +352,16 @@ def main(args: list[str] | None = None) -> None:
         _fail(f"--model.{error}\nTo evaluate, the weights must fit the model as they are, classifier included "
               "(the same arch and class count); a fine-tuned run's checkpoint goes in with --ckpt_path.")
     except Exception as error:  # noqa: BLE001 - only the failures _run_failure knows; the rest re-raised
+        login = wandb_login_message(error)
+        if login is not None:  # a setting to make, not a failure of the run
+            _fail(login)
         failure = _run_failure(error)
         if failure is None:
             raise
         message, every_rank = failure
         if every_rank or rank_zero_only.rank == 0:
             print(f"resnet-lit: error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(RUN_FAILED) from None
     finally:
         while _RUN_LOCKS:
             _RUN_LOCKS.pop().release()

@@ -10,6 +10,9 @@ the line to print, or None when the exception is not theirs (it then keeps its t
   (``trainer.strategy.init_args.timeout``) instead of torch's 30.
 - A write ran out of space: a checkpoint (``checkpointing.atomic_write.OutOfSpaceError`` names the
   file; the previous one is intact), metrics.csv, config.yaml.
+
+Not a run failure but a setting, so ``main`` exits with the usage status for it: the wandb logger on a
+machine where wandb has no login (``wandb_login_message``).
 """
 
 from __future__ import annotations
@@ -71,3 +74,17 @@ def out_of_space_message(error: BaseException, run_dir: str | Path | None = None
                 where = f"; the run directory is {run_dir}"
         what = f"out of space writing a file ({cause.strerror}{where})"
     return f"{what}. Free space, then {RESTART}."
+
+
+def wandb_login_message(error: BaseException) -> str | None:
+    """The line for the wandb logger without a login (wandb's ``UsageError: No API key configured``,
+    raised when the run starts, after a traceback of 50 lines); None for any other error."""
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        if type(error).__module__.startswith("wandb") and "API key" in str(error):
+            return ("the wandb logger (configs/logger/wandb.yaml) has no login on this machine: run `wandb login` "
+                    "(or set WANDB_API_KEY), or log offline with WANDB_MODE=offline (upload later with "
+                    "`wandb sync`), or leave the wandb overlay out")
+        error = error.__cause__ or error.__context__
+    return None

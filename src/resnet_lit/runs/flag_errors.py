@@ -11,7 +11,8 @@ An option that moved into a dataclass argument of the DataModule (``--data.mixup
 ``--data.augment.mixup_alpha``: data/augment.py) is named at its new place (``moved_to``).
 A value of the wrong type (jsonargparse's nested "Does not validate against any of the Union
 subtypes" report) becomes ``--data.batch_size abc: expected int`` (``type_error_line``). Any
-other parser error keeps its message.
+other parser error keeps its message, except a command given no data (``resnet-lit fit`` alone),
+which is told to give a config.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _GROUP = re.compile(r"(Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'")
+_REQUIRED_DATA = re.compile(r"the following arguments are required: .*?\b(\w+)\.data\b")
 _CLASS_OPTION = re.compile(r"Parser key \"(\w+)\".*?class_path '([\w.]+)'.*?Option '([\w.]+)' is not accepted", re.S)
 
 
@@ -38,7 +40,7 @@ def option_strings(parsers: Iterable[object]) -> list[str]:
 
 
 def suggest(key: str, candidates: Sequence[str]) -> str:
-    """`` did you mean X?`` for the nearest candidate, or ``""`` when none is close."""
+    """``: did you mean X?`` for the nearest candidate, or ``""`` when none is close."""
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
     if not close:  # a key that is a prefix of a valid one (max_step) is close even when short
         close = [c for c in candidates if c.startswith(key)][:1]
@@ -54,6 +56,10 @@ def one_line(message: str, options: Sequence[str], args: Sequence[str]) -> str |
         if not flags:
             return None
         return "; ".join(f"unknown option {flag}{suggest(flag, options)}" for flag in flags)
+    required = _REQUIRED_DATA.search(message)
+    if required:  # `resnet-lit fit` alone: what a new user types first
+        return (f"give a config, e.g. `resnet-lit {required.group(1)} --config configs/cifar10/resnet20.yaml` "
+                "(configs/ has a recipe for every network), or a DataModule: --data CIFARDataModule --data.root DIR")
     group = _GROUP.search(message)
     if group:  # a key in a config file: "trainer.max_step" (in a group, or of the subcommand itself)
         kind, name, option = group.groups()
@@ -118,12 +124,14 @@ def type_error_line(message: str, args: Sequence[str]) -> str | None:
         return None
     key = ".".join(keys) if len(keys) > 1 and "class_path" in message else keys[-1]
     flag = f"--{key}"
-    value = next((a.split("=", 1)[1] for a in args if a.startswith(flag + "=")), None)
-    if value is None:
-        value = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == flag), None)
+    # A flag given twice (--trainer.max_steps 3 --trainer.max_steps ten): name the value that failed,
+    # the one jsonargparse reports, else the last given (the one that counts).
+    values = [a.split("=", 1)[1] if "=" in a else args[i + 1] for i, a in enumerate(args)
+              if a.startswith(flag + "=") or (a == flag and i + 1 < len(args))]
+    given = [g.strip() for g in _GOT.findall(message) if not g.startswith("NestedArg")]
+    value = next((v for v in reversed(values) if v in given), values[-1] if values else None)
     where = f"{flag} {value}" if value is not None else f"{key} (from a config file)"
     if value is None:
-        given = [g for g in _GOT.findall(message) if not g.startswith("NestedArg")]
         where += f" = {given[-1]}" if given else ""
     names = list(dict.fromkeys(_type_name(t) for t in expected))
     return f"{where}: expected {' or '.join(names)}"

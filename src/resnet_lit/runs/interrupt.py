@@ -57,13 +57,14 @@ from resnet_lit.lightning_private import (
     skip_per_step_sigterm_broadcast,
     when_signal_handlers_registered,
 )
+from resnet_lit.runs.exit_codes import stopped_by
 
 _stopped_by: list[int] = []  # the signal the ranks agreed to stop on (read by exit_status)
 
 
 def exit_status() -> int:
     """128 + the signal that stopped the fit (SIGTERM when none was seen here: Lightning's path)."""
-    return 128 + int(_stopped_by[0] if _stopped_by else signal.SIGTERM)
+    return stopped_by(_stopped_by[0] if _stopped_by else signal.SIGTERM)
 
 
 def ignore_termination_while_exiting() -> None:
@@ -145,7 +146,7 @@ class StopOnSignal(Callback):
         if signum == signal.SIGINT and signal.SIGINT in self._received:
             _tell(trainer, "second interrupt: exiting now, without a checkpoint "
                            "(the last one saved is intact; resume with `--ckpt_path auto`).")
-            os._exit(128 + signal.SIGINT)
+            os._exit(stopped_by(signal.SIGINT))
         if signum not in self._received:
             self._received.append(signum)
         name = signal.Signals(signum).name

@@ -43,10 +43,16 @@ class RunDirLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
-        self._created = False  # this run made the directory: a start that failed leaves none behind
+        # the directories this run made, deepest first (runs/imagenet/r50, runs/imagenet, runs): a start
+        # that failed leaves none of them behind
+        self._created: list[Path] = []
 
     def acquire(self) -> RunDirLock:
-        self._created = not self.path.parent.exists()
+        missing = self.path.parent
+        self._created = []
+        while not missing.exists() and missing != missing.parent:
+            self._created.append(missing)
+            missing = missing.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -69,13 +75,15 @@ class RunDirLock:
 
     def release(self) -> None:
         """Drop the lock; a directory this run created and left without results (a start that failed
-        before the first checkpoint or metric: only the lock, config.yaml, hparams.yaml) is removed."""
+        before the first checkpoint or metric: only the lock, config.yaml, hparams.yaml) is removed, with
+        the parents this run created that are still empty. A directory that existed before is kept."""
         if self._fd is None:
             return
         run_dir = self.path.parent
         leftovers = {LOCK_NAME, "config.yaml", "hparams.yaml", "checkpoints"}
-        unused = self._created and all(e.name in leftovers and (e.name != "checkpoints" or not any(os.scandir(e.path)))
-                                       for e in os.scandir(run_dir))
+        unused = bool(self._created) and all(
+            e.name in leftovers and (e.name != "checkpoints" or not any(os.scandir(e.path)))
+            for e in os.scandir(run_dir))
         if unused:
             for name in (LOCK_NAME, "config.yaml", "hparams.yaml", "checkpoints"):
                 path = run_dir / name
@@ -86,10 +94,11 @@ class RunDirLock:
         os.close(self._fd)  # closing drops the lock
         self._fd = None
         if unused:
-            try:
-                run_dir.rmdir()
-            except OSError:  # something appeared meanwhile: keep it
-                pass
+            for directory in self._created:
+                try:
+                    directory.rmdir()
+                except OSError:  # something appeared meanwhile (another run's directory): keep it
+                    break
 
 
 def _read(fd: int) -> str:
