@@ -44,9 +44,9 @@ def large_copies(datas: list[bytes], side: int = 1024, quality: int = 90) -> lis
 
 def pipelines(mode: str, cuda: bool) -> dict[str, Any]:
     """name -> fn(list of (bytes, seed)) -> list of uint8 views."""
-    from resnet_lit.data.decode import decode_rgb
+    from resnet_lit.data.decode import decode_rgb, open_image
     from resnet_lit.data.jpeg_batch import EncodedJpeg, collate_encoded, decode_batch
-    from resnet_lit.data.transforms import CenterCrop, ModernTrainTransform, as_bytes, crop_tensor, open_lazy
+    from resnet_lit.data.transforms import CenterCrop, ModernTrainTransform, as_bytes, crop_tensor
 
     view = ModernTrainTransform(224) if mode == "train" else CenterCrop(256, 224)
     box = view._box if mode == "train" else (lambda w, h: _center(w, h))
@@ -67,7 +67,7 @@ def pipelines(mode: str, cuda: bool) -> dict[str, Any]:
         for d, seed in items:
             random.seed(seed)
             d, name = as_bytes(d, "bench.jpg")
-            b = box(*open_lazy(d, name).size)  # the same draws as pil: box, then the flip
+            b = box(*open_image(d, name, load=False).size)  # the same draws as pil: box, then the flip
             x = crop_tensor(decode_rgb(d, name), b, (224, 224))
             out.append(x.flip(-1) if mode == "train" and random.random() < 0.5 else x)
         return out

@@ -238,7 +238,7 @@ def decode_part(args: argparse.Namespace, rep: Report) -> None:
 def shards(args: argparse.Namespace, rep: Report) -> dict[str, float]:
     from resnet_lit.commands.shards import main as convert
     from resnet_lit.data.folder import ImageFiles, scan_image_folder
-    from resnet_lit.data.shards import ShardSource
+    from resnet_lit.data.litdata_source import ShardSource
     from resnet_lit.data.transforms import ModernTrainTransform
 
     threads = torch.get_num_threads()
@@ -294,7 +294,7 @@ def shards(args: argparse.Namespace, rep: Report) -> dict[str, float]:
 def listing(args: argparse.Namespace, rep: Report) -> dict[str, float]:
     from resnet_lit.commands.shards import main as convert
     from resnet_lit.data.folder import scan_image_folder
-    from resnet_lit.data.shards import ShardSource
+    from resnet_lit.data.litdata_source import ShardSource
 
     with tempfile.TemporaryDirectory(prefix="listing-") as tmp:
         split, per = Path(tmp) / "tree" / "train", -(-args.listing_files // 1000)

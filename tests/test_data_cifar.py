@@ -16,7 +16,7 @@ from torch.utils.data import DistributedSampler
 
 from resnet_lit.data import CIFARDataModule, ShardSampler, cifar_io, shard_indices
 from resnet_lit.data.cifar_io import DownloadError
-from resnet_lit.data.padding import PADDED_LABEL
+from resnet_lit.data.labels import PADDED_LABEL
 from resnet_lit.data.transforms import cifar_augment, normalize
 
 CIFAR10_ORDER = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

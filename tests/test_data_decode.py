@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from resnet_lit.data import BadImageError, ImageNetDataModule
 from resnet_lit.data.jpeg_batch import JpegBatch
-from resnet_lit.data.padding import PADDED_LABEL
+from resnet_lit.data.labels import PADDED_LABEL
 from resnet_lit.data.transforms import CenterCrop
 
 

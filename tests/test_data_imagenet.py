@@ -201,13 +201,6 @@ def test_predict_yields_images_and_paths(imagewoof_root, woof_cache, woof) -> No
         make_dm(imagewoof_root, woof_cache, predict_path=[str(folder / "nope.jpg")]).setup("predict")
 
 
-def test_test_batch_size_is_the_old_name_of_eval_batch_size() -> None:
-    with pytest.warns(FutureWarning, match="test_batch_size is deprecated"):
-        dm = ImageNetDataModule("unused", batch_size=8, test_batch_size=4)
-    assert dm.eval_batch_size == 4 and dm.hparams.eval_batch_size == 4 and dm.hparams.test_batch_size is None
-    assert ImageNetDataModule("unused", batch_size=8).eval_batch_size == 8
-
-
 class _IndexOf:
     """A stand-in transform that returns the sample's index (its path's place in the list): the
     test reads the order the loader delivers without decoding images."""
@@ -247,7 +240,7 @@ def test_train_loader_reads_the_set_epochs_order_and_resumes_mid_epoch(imagewoof
 
 
 def test_seeded_draws_are_the_seeds_and_leave_the_streams_alone() -> None:
-    """One training image's draws (sharding.SeededShardSampler's seed): Python's and torch's CPU
+    """One training image's draws (samplers.SeededShardSampler's seed): Python's and torch's CPU
     generator as if seeded with it, and the process's own streams go on afterwards as if untouched."""
     import random
 

@@ -18,8 +18,8 @@ from fit_helpers import fit_env
 from weights_helpers import extract_folder, read_imagewoof
 
 from resnet_lit.data import CIFARDataModule, ImageNetDataModule
-from resnet_lit.data.decode import SKIPPED_LABEL
-from resnet_lit.data.padding import PADDED_LABEL, pad_eval_batch
+from resnet_lit.data.labels import PADDED_LABEL, SKIPPED_LABEL
+from resnet_lit.data.padding import pad_eval_batch
 from resnet_lit.runs.prediction_writer import PredictionWriter
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.eval_metrics import EvalMetrics

@@ -27,7 +27,7 @@ from resnet_lit.runs.cli import main
 CONVERSIONS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
 RECORDS: list[tuple[int, bool, str, str]] = []  # (training batch, logging step?, conversion, where)
 _WINDOW: list[tuple[int, bool] | None] = [None]  # the training batch under way, or None outside one
-_HOST_ONLY = ("torch/utils/data/", "resnet_lit/data/sharding.py")  # host tensors: indices and worker batches
+_HOST_ONLY = ("torch/utils/data/", "resnet_lit/data/samplers.py")  # host tensors: indices and worker batches
 
 
 class SyncWindow(pl.Callback):

@@ -14,7 +14,7 @@ from torchvision.ops import StochasticDepth
 from weights_helpers import extract_folder
 
 from resnet_lit import CIFARDataModule, ImageNetDataModule
-from resnet_lit.data.decode import SKIPPED_LABEL
+from resnet_lit.data.labels import SKIPPED_LABEL
 from resnet_lit.models import create_model
 from resnet_lit.training.classifier import ImageClassifier
 from resnet_lit.training.losses import BinaryCrossEntropy, build_loss

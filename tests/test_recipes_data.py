@@ -17,7 +17,7 @@ from resnet_lit.data.augment import AugmentConfig
 from resnet_lit.data.cifar import TensorBatches
 from resnet_lit.data.policies import augment_policy, mean_fill
 from resnet_lit.data.resolution import ProgressiveResize
-from resnet_lit.data.sharding import ShardSampler
+from resnet_lit.data.samplers import ShardSampler
 from resnet_lit.data.transforms import normalize
 from resnet_lit.training.classifier import ImageClassifier
 

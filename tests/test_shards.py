@@ -22,10 +22,16 @@ from fit_helpers import fit_env  # noqa: E402
 from resnet_lit.commands.shards import main as shards_main  # noqa: E402
 from resnet_lit.data import ImageNetDataModule  # noqa: E402
 from resnet_lit.data.folder import scan_image_folder  # noqa: E402
-from resnet_lit.data.shards import META_NAME, read_all  # noqa: E402
+from resnet_lit.data.litdata_source import META_NAME, ShardImages  # noqa: E402
 
 CLASSES = 3
 TRAIN, VAL = 8, 5  # images a class: 24 training, 15 validation (odd: the two ranks' shards differ)
+
+
+def read_all(location: str, split: str) -> list[tuple[bytes, int, str]]:
+    """Every sample of a split, in order (reads all the bytes)."""
+    ds = ShardImages(location, split, lambda data, name: data)
+    return [ds.sample(i) for i in range(len(ds))]
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +205,7 @@ def test_a_url_start_that_finds_no_index_yet_is_tried_again(monkeypatch) -> None
     tried again for up to ``wait_s``; other errors, and local folders, fail at once."""
     import litdata
 
-    from resnet_lit.data.shards import _open_streaming_dataset
+    from resnet_lit.data.litdata_source import _open_streaming_dataset
 
     missing = "The provided dataset `/cache/x` doesn't contain any index.json file."
     calls = []
@@ -273,7 +279,7 @@ def test_one_and_two_ranks_evaluate_each_image_once(repo_root: Path, shards: Pat
 def test_mid_epoch_stop_resumes_bit_identically(repo_root: Path, tree: Path, shards: Path, tmp_path: Path,
                                                 source: str) -> None:
     # 24 images / 8 = 3 steps an epoch; the interrupted run stops after epoch 1's first batch. The crops and
-    # flips are seeded per image (sharding.SeededShardSampler); the PCA colour noise (lighting 0.1, the default)
+    # flips are seeded per image (samplers.SeededShardSampler); the PCA colour noise (lighting 0.1, the default)
     # draws from the global torch generator, which the checkpoint carries and no loader draws from (each has its
     # own generator). The folder variant reads through 2 worker processes with progressive resizing (48 px in
     # epoch 0, 64 px from epoch 1: the resumed epoch), where each image carries its seed and its size.

@@ -36,7 +36,7 @@ RESUME_MAY_CHANGE = {
     # the data: where it is read from and how fast, and what evaluation uses
     "data": {"root", "train_dir", "val_dir", "test_dir", "predict_path", "num_workers", "cache_dir", "download",
              "on_bad_image", "scan", "pin_memory", "data_on_device", "decode", "eval_batch_size",
-             "pad_eval_batches", "test_batch_size", "test_mode", "test_size", "test_resize"},
+             "pad_eval_batches", "test_mode", "test_size", "test_resize"},
 }
 # What the weights are: validate / test / predict refuse a checkpoint that differs in one of these.
 WHAT_THE_WEIGHTS_ARE = ("arch", "num_classes", "class_names", "shortcut", "stride_in_1x1", "width", "in_chans")

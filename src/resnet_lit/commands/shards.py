@@ -29,7 +29,7 @@ from typing import Any
 
 from resnet_lit.data.decode import BadImageError, bad_image_message, skipped_message
 from resnet_lit.data.folder import check_same_classes, progress, resolve_split, scan_files, scan_image_folder
-from resnet_lit.data.shards import FORMAT, FORMAT_VERSION, META_NAME, ShardImages, require_litdata, write_meta
+from resnet_lit.data.litdata_source import FORMAT, FORMAT_VERSION, META_NAME, ShardImages, require_litdata, write_meta
 from resnet_lit.runs.exit_codes import OK, USAGE
 
 JPEG_QUALITY = 90  # FFCV's default for its resized JPEGs
@@ -56,9 +56,9 @@ def shrink(data: bytes, name: str, max_side: int, quality: int) -> bytes:
     or unchanged when it is already that small."""
     from PIL import Image
 
-    from resnet_lit.data.transforms import open_lazy
+    from resnet_lit.data.decode import open_image
 
-    img = open_lazy(data, name)
+    img = open_image(data, name, load=False)
     if max(img.size) <= max_side:
         return data
     try:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load_meta(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    from resnet_lit.data.shards import read_meta
+    from resnet_lit.data.litdata_source import read_meta
 
     return read_meta(str(path.parent))
 

@@ -3,6 +3,6 @@
 from .cifar import CIFARDataModule
 from .decode import BadImageError
 from .imagenet import ImageNetDataModule
-from .sharding import ShardSampler, shard_indices
+from .samplers import ShardSampler, shard_indices
 
 __all__ = ["CIFARDataModule", "ImageNetDataModule", "BadImageError", "ShardSampler", "shard_indices"]

@@ -8,7 +8,7 @@ Everything is off by default: the paper's training. Where each option runs:
 ``mixup_alpha`` / ``cutmix_alpha`` on whole training batches on the device (data/mixing.py);
 ``auto_augment`` / ``random_erasing`` on each uint8 training image (data/policies.py: CIFAR before
 its batched crop and flip, on the host or with ``policy_groups`` on the device; ImageNet after the
-crop and flip, in the workers); ``repeated_augmentation`` in the sampler (data/sharding.py).
+crop and flip, in the workers); ``repeated_augmentation`` in the sampler (data/samplers.py).
 
 Checkpoints written before this class hold the same options as flat DataModule hyperparameters
 (``mixup_alpha: 0.2`` beside ``batch_size``); ``from_flat_hparams`` reads them back.
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 
 from .mixing import Mixing, batch_mixing
 from .policies import AUTO_AUGMENT_NAMES, AutoAugmentName, augment_policy
-from .sharding import RepeatEpoch
+from .samplers import RepeatEpoch
 
 __all__ = ["AugmentConfig", "from_flat_hparams"]
 

@@ -28,11 +28,11 @@ from resnet_lit.checkpointing.contents import read_training_checkpoint
 from resnet_lit.lightning_private import should_update_logs
 
 from .augment import AugmentConfig, from_flat_hparams
-from .decode import SKIPPED_LABEL
 from .folder import default_num_workers
+from .labels import SKIPPED_LABEL
 from .mixing import Mixing
 from .padding import pad_eval_batch
-from .sharding import ShardSampler
+from .samplers import ShardSampler
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ImageDataModule(L.LightningDataModule):
         if isinstance(x, (list, tuple)):  # multi-scale test views
             return [self.transform_batch(v, train=False) for v in x], target
         if train:  # a model that compiled train_batch_fn into its step augments the batch itself
-            model = self.trainer.lightning_module if self.trainer is not None else None
+            model = getattr(self.trainer, "lightning_module", None)
             return batch if getattr(model, "augments_training_batches", False) else self.train_batch(x, target)
         return self.transform_batch(x, train), target
 

@@ -11,7 +11,7 @@ Modern recipe options, all off by default, are one ``augment: AugmentConfig`` (d
 batch on the host, before the transfer, or with ``policy_groups`` on groups of images on the device
 (their cost is in docs/recipes_data.md); ``mixup_alpha`` / ``cutmix_alpha`` mix whole training
 batches on the device after the crop and flip (``mixing``); ``repeated_augmentation`` repeats each
-image k times an epoch (``sharding``).
+image k times an epoch (``samplers``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .augment import AugmentConfig
 from .base import ImageDataModule
 from .cifar_io import class_names, ensure_downloaded, load_cifar
 from .policies import mean_fill
-from .sharding import ResumableLoader
+from .samplers import ResumableLoader
 from .transforms import cifar_augment, crop_and_flip, normalize, normalize_padded
 
 log = logging.getLogger(__name__)

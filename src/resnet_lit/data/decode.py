@@ -20,10 +20,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-# The target of an image that ``on_bad_image="skip"`` replaced in an evaluation batch: the loss and the
-# metrics ignore it (it is the ``ignore_index`` of torch's cross-entropy and of torchmetrics), so
-# evaluation counts each readable image once and never the neighbour that stood in for a bad one.
-SKIPPED_LABEL = -100
 _ADVICE = "Delete or replace the file, or pass on_bad_image='skip' to skip and count such files."
 
 
@@ -70,16 +66,18 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def open_pil(data: bytes, name: str) -> Image.Image:
-    """Open and fully load an image with PIL, raising ``BadImageError`` naming ``name``."""
+def open_image(data: bytes, name: str, *, load: bool = True) -> Image.Image:
+    """Open an image with PIL, raising ``BadImageError`` naming ``name``. ``load=False`` reads the header
+    only, so that ``Image.draft`` can still pick a reduced JPEG size before anything is decoded."""
     if len(data) == 0:
         raise BadImageError(bad_image_message(name, "the file is empty (0 bytes)"))
     try:
         img = Image.open(io.BytesIO(data))
-        img.load()
+        if load:
+            img.load()
     except UnidentifiedImageError as exc:
         raise BadImageError(bad_image_message(name, "not an image (no known image format in its bytes)")) from exc
-    except Exception as exc:  # truncated data (OSError), decoder errors
+    except Exception as exc:  # truncated data (OSError), broken headers, decoder errors, decompression bombs
         raise BadImageError(bad_image_message(name, f"{type(exc).__name__}: {exc}")) from exc
     return img
 
@@ -96,4 +94,4 @@ def decode_rgb(data: bytes, name: str, *, backend: str = "auto") -> torch.Tensor
             return _tv_decode_jpeg(data)
         except RuntimeError as exc:
             raise BadImageError(bad_image_message(name, str(exc).rsplit(", ", 1)[-1])) from exc
-    return pil_to_tensor(open_pil(data, name))
+    return pil_to_tensor(open_image(data, name))

@@ -263,7 +263,7 @@ def scan_files(paths: list[str], workers: int) -> list[tuple[int, str]]:
 class ImageFiles(Dataset):
     """``(uint8 image(s), target, bad)`` per sample; ``target`` is the label, or the path when predicting.
 
-    An item is an index, or ``(index, seed)`` from ``sharding.SeededShardSampler`` (training): the
+    An item is an index, or ``(index, seed)`` from ``samplers.SeededShardSampler`` (training): the
     transform's random draws (crop, flip: python's ``random`` and torch's global generator) then come
     from that seed alone, and the process's own streams are left as they were.
 

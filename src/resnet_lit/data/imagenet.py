@@ -11,7 +11,7 @@ training and test resolutions apart (FixRes), ``progressive_resize`` changes the
 epochs (``resolution``), and one ``augment: AugmentConfig`` (data/augment.py): ``auto_augment`` /
 ``random_erasing`` add torchvision's per-image policies in the workers (``policies``),
 ``mixup_alpha`` / ``cutmix_alpha`` mix training batches on the device (``mixing``) and
-``repeated_augmentation`` repeats images within an epoch (``sharding``).
+``repeated_augmentation`` repeats images within an epoch (``samplers``).
 
 ``decode: cpu | gpu`` moves the decoding out of the workers: they read the JPEG bytes only, and
 ``_device_batch`` decodes each batch (nvJPEG on the GPU, or libjpeg-turbo on the CPU) and takes the
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentConfig
@@ -45,7 +44,7 @@ from .jpeg_batch import DECODE_CHOICES, EncodedJpeg, JpegBatch, collate_encoded,
 from .padding import pad_eval_batch
 from .policies import PolicyAfter, mean_fill
 from .resolution import AtSize, ProgressiveResize, SizedShardSampler
-from .sharding import ResumableLoader, SeededShardSampler
+from .samplers import ResumableLoader, SeededShardSampler
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -84,7 +83,6 @@ class ImageNetDataModule(ImageDataModule):
         cache_dir: str | None = None,
         pin_memory: bool | None = None,
         classes: list[str] | None = None,
-        test_batch_size: int | None = None,
         train_size: int = 224,
         test_size: int = 224,
         test_resize: int | None = None,
@@ -133,7 +131,6 @@ class ImageNetDataModule(ImageDataModule):
             classes: the class names in label order, instead of reading them from the split folders
                 (which must then name the same classes). ``resnet-lit predict`` fills it from the
                 checkpoint, so predicting needs no training data on the machine.
-            test_batch_size: the old name of ``eval_batch_size``, accepted for one release (deprecated).
             train_size: side of the training crops in pixels (the paper: 224; torchvision's 2021
                 ResNet-50 recipe: 176, timm RSB A3: 160). With "paper" the crop covers what the 224 crop
                 covers, resampled to this size.
@@ -162,17 +159,12 @@ class ImageNetDataModule(ImageDataModule):
                 in the workers.
             shards: instead of ``root``, the output of ``resnet-lit shards`` (LitData chunks; a local folder
                 or a URL LitData reads, e.g. ``s3://bucket/imagenet-shards``): the same images in the same
-                order, read by index under the same samplers (data/shards.py; needs
+                order, read by index under the same samplers (data/litdata_source.py; needs
                 ``pip install 'resnet-lit[shards]'``). ``scan`` does nothing there (the converter checked
                 every image); ``cache_dir`` is where LitData keeps a URL's ``index.json``.
         """
         super().__init__()
         self.save_hyperparameters()
-        if test_batch_size is not None:
-            rank_zero_warn("ImageNetDataModule: test_batch_size is deprecated and will be removed after 0.2; "
-                           "use eval_batch_size (it sets validation, test and predict batches)", category=FutureWarning)
-            self.hparams.eval_batch_size = eval_batch_size or test_batch_size
-            self.hparams.test_batch_size = None
         if isinstance(progressive_resize, dict):  # from a checkpoint's hyperparameters
             progressive_resize = ProgressiveResize(**progressive_resize)
         self.progressive = progressive_resize
@@ -318,11 +310,11 @@ class ImageNetDataModule(ImageDataModule):
             view = CenterCrop(resize, crop)
             self.predict_set = ImageFiles(list_predict_files(hp.predict_path), view, hp.on_bad_image)
 
-    # ------------------------------------------------------------------ shards (data/shards.py)
+    # ------------------------------------------------------------------ shards (data/litdata_source.py)
     def _shards(self):
         """The ``shards`` location (its classes and splits), opened once."""
         if self._shard_source is None:
-            from .shards import ShardSource
+            from .litdata_source import ShardSource
 
             self._shard_source = ShardSource(self.hparams.shards, self.hparams.cache_dir)
             if self.hparams.classes is not None:
@@ -338,10 +330,10 @@ class ImageNetDataModule(ImageDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
-        # Training: a ResumableLoader (data/sharding.py), which resumes mid-epoch at the right batch
+        # Training: a ResumableLoader (data/samplers.py), which resumes mid-epoch at the right batch
         # and starts its workers only after Lightning has set the epoch (a plain DataLoader's workers
         # would read the previous epoch's order ahead).
-        # Training: each index with its own seed (sharding.SeededShardSampler): exact crops on resume.
+        # Training: each index with its own seed (samplers.SeededShardSampler): exact crops on resume.
         sampler = self._shard(len(ds), train=train, **({"sampler": SeededShardSampler} if train else {}))
         return (ResumableLoader if train else DataLoader)(ds, batch_size=batch_size, sampler=sampler, drop_last=train,
                                                           **self._worker_args(self.pin_memory))

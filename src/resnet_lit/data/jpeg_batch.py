@@ -8,7 +8,7 @@ transfer ``decode_batch`` decodes the whole list with ``torchvision.io.decode_jp
 (nvJPEG on a CUDA device, libjpeg-turbo on the CPU), then takes each image's views with the same
 transform objects the workers use in the PIL path (their ``views`` methods: same crop boxes, same
 random draws, same antialiased resize), on that device, into the same static batch shape. A
-training image's draws come from its own seed (``sharding.SeededShardSampler``), which the worker's
+training image's draws come from its own seed (``samplers.SeededShardSampler``), which the worker's
 ``EncodedJpeg`` passes on with its bytes, so the crops are the PIL path's and survive a resume.
 
 Colour modes: ``mode=RGB`` turns greyscale and CMYK JPEGs into 3 channels. Data that is not JPEG
@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from .decode import SKIPPED_LABEL, BadImageError, bad_image_message, is_jpeg, open_pil, skipped_message
+from .decode import BadImageError, bad_image_message, is_jpeg, open_image, skipped_message
+from .labels import SKIPPED_LABEL
 from .transforms import as_bytes, seeded_draws
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class EncodedJpeg:
             raise BadImageError(bad_image_message(name, "the file is empty (0 bytes)"))
         if not is_jpeg(data):  # PNG (or any format PIL reads) behind a JPEG name: re-encode, rare
             buf = io.BytesIO()
-            img = open_pil(data, name)  # BadImageError names the file when it is no image at all
+            img = open_image(data, name)  # BadImageError names the file when it is no image at all
             img.convert("RGB").save(buf, "JPEG", quality=95)
             data = buf.getvalue()
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), name, self.view, self.seed

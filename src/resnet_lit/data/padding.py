@@ -21,9 +21,7 @@ from typing import Any
 
 import torch
 
-# The target of a padding row in an evaluation batch: neither an image nor a skipped image.
-# (SKIPPED_LABEL is -100, the ignore_index of torch's losses; any other negative value would do.)
-PADDED_LABEL = -101
+from .labels import PADDED_LABEL
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:

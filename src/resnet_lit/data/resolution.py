@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from .sharding import SeededShardSampler
+from .samplers import SeededShardSampler
 
 
 @dataclass(frozen=True)

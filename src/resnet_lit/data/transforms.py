@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import math
 import os
 import random
@@ -28,9 +27,9 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .decode import BadImageError, bad_image_message, decode_rgb, pil_to_tensor, torchvision_jpeg_available
+from .decode import BadImageError, bad_image_message, decode_rgb, open_image, pil_to_tensor, torchvision_jpeg_available
 
 # ImageNet RGB statistics on the 0..1 scale (the values torchvision's weights were trained with).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,7 +104,7 @@ def normalize_padded(x: torch.Tensor, mean: torch.Tensor, pad: int, out: torch.T
 @contextlib.contextmanager
 def seeded_draws(seed: int | None) -> Iterator[None]:
     """Inside: Python's ``random`` and torch's CPU generator seeded with ``seed`` (one image's draws:
-    ``sharding.SeededShardSampler``); after: both streams as they were. ``seed`` None: nothing changes."""
+    ``samplers.SeededShardSampler``); after: both streams as they were. ``seed`` None: nothing changes."""
     if seed is None:
         yield
         return
@@ -151,18 +150,6 @@ def _draft(img: Image.Image, scale: float) -> tuple[Image.Image, float, float]:
         img.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
         return img, img.size[0] / w, img.size[1] / h
     return img, 1.0, 1.0
-
-
-def open_lazy(data: bytes, name: str) -> Image.Image:
-    """Open without decoding (so ``draft`` can still pick a reduced size); errors name the file."""
-    if not data:
-        raise BadImageError(bad_image_message(name, "the file is empty (0 bytes)"))
-    try:
-        return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise BadImageError(bad_image_message(name, "not an image (no known image format in its bytes)")) from exc
-    except Exception as exc:  # broken headers, decompression bombs
-        raise BadImageError(bad_image_message(name, f"{type(exc).__name__}: {exc}")) from exc
 
 
 def crop_tensor(x: torch.Tensor, box: tuple[float, float, float, float], size: tuple[int, int]) -> torch.Tensor:
@@ -221,7 +208,7 @@ def as_bytes(data: bytes | str | os.PathLike, name: str) -> tuple[bytes, str]:
 def crop_resize(data: bytes, name: str, box_fn, size: tuple[int, int]) -> torch.Tensor:
     """Decode ``data`` and resize the region ``box_fn(w, h)`` to ``size`` (w, h) -> uint8 [3, h, w]."""
     data, name = as_bytes(data, name)
-    img = open_lazy(data, name)  # reads the header only: the size, for the box
+    img = open_image(data, name, load=False)  # reads the header only: the size, for the box
     return resize_region(img, name, box_fn(*img.size), size, data)
 
 
@@ -250,7 +237,7 @@ class PaperTrainTransform:
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
         data, name = as_bytes(data, name)
-        img = open_lazy(data, name)  # reads the header only: the size, for the box
+        img = open_image(data, name, load=False)  # reads the header only: the size, for the box
         box, flip = self.sample(*img.size)
         x = resize_region(img, name, box, (self.size, self.size), data)
         return x.flip(-1) if flip else x
@@ -345,7 +332,7 @@ class TenCrop:
 
     def __call__(self, data: bytes, name: str = "<bytes>") -> torch.Tensor:
         data, name = as_bytes(data, name)
-        img = open_lazy(data, name)
+        img = open_image(data, name, load=False)
         w, h = img.size
         return self._crops(resize_region(img, name, (0, 0, w, h), self._size(w, h), data))
 

@@ -20,8 +20,7 @@ from torch import nn
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_lit.data.decode import SKIPPED_LABEL
-from resnet_lit.data.padding import PADDED_LABEL
+from resnet_lit.data.labels import PADDED_LABEL, SKIPPED_LABEL
 
 
 def ignored_padding(y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_lit.data.decode import SKIPPED_LABEL
+from resnet_lit.data.labels import SKIPPED_LABEL
 
 LossKind = Literal["ce", "bce"]
 

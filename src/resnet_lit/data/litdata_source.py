@@ -12,7 +12,7 @@ them (class folders sorted, files sorted): sample i of a split is the folder pat
 same ``ShardSampler`` permutation trains on the same images in the same order.
 
 Samples are read by index (``StreamingDataset.__getitem__``) under the project's own
-``ShardSampler`` / ``ResumableLoader`` (data/sharding.py), not through LitData's own
+``ShardSampler`` / ``ResumableLoader`` (data/samplers.py), not through LitData's own
 shuffling, distributed split and loader state, because those do not give exact evaluation counts
 or exact mid-epoch resume (measured: docs/data.md, "Shards"). Chunks are memory-mapped in place
 for a local folder; for a URL, LitData (0.2.76) keeps only ``index.json`` in ``cache_dir`` and reads
@@ -190,10 +190,3 @@ class ShardSource:
         n = int(self.meta["splits"][split]["images"])
         ds = ShardImages(self.location, split, transform, on_bad_image, self.cache_dir, length=n)
         return ds
-
-
-def read_all(location: str, split: str) -> list[tuple[bytes, int, str]]:
-    """Every sample of a split, in order (tests and the converter's check; reads all the bytes)."""
-    ds = ShardImages(location, split, lambda data, name: data)
-    return [ds.sample(i) for i in range(len(ds))]
-
