@@ -108,3 +108,23 @@ def test_resume_lives_in_checkpointing() -> None:
                 loaders.append(path.relative_to(SRC / "resnet_lit").as_posix())
     # data/cache.py loads its own decoded-image cache, not a checkpoint
     assert sorted(set(loaders)) == ["checkpointing/readable.py", "data/cache.py"]
+
+
+def test_no_private_lightning_name_outside_the_fence() -> None:
+    """Private Lightning names are reached through lightning_private.py, where each is listed and checked
+    against the installed Lightning (tests/test_lightning_private.py): no other module reads, sets or
+    overrides one."""
+    from resnet_lit.lightning_private import PRIVATE_NAMES
+
+    private = {name.replace("/", ".").split(".")[-1] for name in PRIVATE_NAMES}
+    private = {name for name in private if name.startswith("_")}
+    assert {"_trainer", "_fs", "_get_train_description", "_parse_ckpt_path"} <= private
+    found = []
+    for path in sorted((SRC / "resnet_lit").rglob("*.py")):
+        if path.name == "lightning_private.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "name", None)
+            if isinstance(node, (ast.Attribute, ast.FunctionDef)) and name in private:
+                found.append(f"{path.relative_to(SRC).as_posix()}:{node.lineno} {name}")
+    assert found == []

@@ -29,6 +29,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "ExperimentWriter": ExperimentWriter(str(folder / "writer")),
         "DDPStrategy": DDPStrategy(),
         "LightningCLI": LightningCLI,
+        "LightningModule": pl.LightningModule(),
         "fit_loop_state": trainer.fit_loop.state_dict(),  # what a checkpoint holds under loops/fit_loop
     }
 

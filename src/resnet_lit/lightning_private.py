@@ -13,7 +13,14 @@ bounds ``lightning`` below the next minor version beyond the tested one.
 
 from __future__ import annotations
 
+import csv
 from typing import Any
+
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 # Where each name is read from: a Trainer, a ModelCheckpoint, a CSVLogger and its ExperimentWriter,
 # or the fit loop's part of a checkpoint ("fit_loop_state", keys joined by "/").
@@ -63,6 +70,10 @@ PRIVATE_NAMES = (
     "ExperimentWriter._fs",
     # runs.cli.ResNetCLI: the command line's model arguments stand; the checkpoint is compared, not copied in
     "LightningCLI._parse_ckpt_path",
+    # ImageClassifier's hooks outside a Trainer (load_from_checkpoint, tests): its trainer or None
+    "LightningModule._trainer",
+    # training.schedules.configure_training: the train loader's length when max_steps alone bounds the run
+    "Trainer.fit_loop.setup_data",
 )
 
 
@@ -164,8 +175,82 @@ def skip_per_step_sigterm_broadcast(trainer: Any) -> None:
     trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
 
-class CommandLineOverCheckpoint:
-    """A LightningCLI mixin: ``--ckpt_path`` does not overwrite the configuration's model arguments with
+
+def trainer_of(module: Any) -> Any:
+    """The Trainer a LightningModule is attached to, or None (``module.trainer`` raises without one)."""
+    return module._trainer
+
+
+def load_train_data(trainer: Any) -> None:
+    """Set up the fit's training loader now (as ``estimated_stepping_batches`` does, except when
+    ``max_epochs`` is -1), so that ``num_training_batches`` is known in ``configure_optimizers``."""
+    trainer.fit_loop.setup_data()
+
+
+class DescribedRichProgressBar(RichProgressBar):
+    """Lightning's rich bar with its text from ``describe_training()`` and a ``console_print`` that
+    writes a line above the bar (runs.callbacks.StepRichProgressBar)."""
+
+    def describe_training(self) -> str:
+        raise NotImplementedError
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's text
+        return self.describe_training()
+
+    def console_print(self, text: str) -> bool:
+        """Print ``text`` through the bar's console; False when there is none yet."""
+        if self._console is None:
+            return False
+        self._console.print(text, markup=False, highlight=False)
+        return True
+
+
+class KeepingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer that keeps an existing metrics.csv (its rows in ``resumed_rows``) instead
+    of deleting it, and rewrites the file through ``write_all`` when a column is added
+    (runs.csv_logger says why)."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.resumed_rows: list[dict[str, str]] | None = None
+        super().__init__(log_dir)
+
+    @property
+    def fs(self) -> Any:
+        return self._fs
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__: keep the file, remember its rows
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                reader = csv.DictReader(f)
+                self.resumed_rows = list(reader)
+                self.metrics_keys = list(reader.fieldnames or [])
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:  # Lightning's rewrites in place
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.write_all(fieldnames, rows)
+
+    def write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+
+class WriterChoosingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger with its writer from ``make_writer(log_dir)``."""
+
+    def make_writer(self, log_dir: str) -> ExperimentWriter:
+        raise NotImplementedError
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = self.make_writer(self.log_dir)
+        return self._experiment
+
+
+class CommandLineOverCheckpoint(LightningCLI):
+    """LightningCLI where ``--ckpt_path`` does not overwrite the configuration's model arguments with
     the checkpoint's hyperparameters (LightningCLI's ``_parse_ckpt_path``, which drops the command's
     own flags without a word). checkpointing/resume_plan.py compares the two instead."""
 

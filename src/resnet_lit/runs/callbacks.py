@@ -11,10 +11,10 @@ import time
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from resnet_lit.lightning_private import logger_step, quiet_results_table, should_update_logs
+from resnet_lit.lightning_private import DescribedRichProgressBar, logger_step, quiet_results_table, should_update_logs
 
 
 def _batch_size(batch: Any) -> int:
@@ -218,7 +218,7 @@ class _EvaluationLine:
             self._print(f"{'validation' if stage == 'val' else stage} of {_evaluated(trainer, pl_module)} {figures}")
 
 
-class StepRichProgressBar(_EvaluationLine, RichProgressBar):
+class StepRichProgressBar(_EvaluationLine, DescribedRichProgressBar):
     """Lightning's rich bar, described by the whole run: "step 1200/64000 epoch 4/164 3,052 images/s
     0:41:10 left" (Lightning's reads "Epoch 3/-2" when max_steps ends the run)."""
 
@@ -227,16 +227,14 @@ class StepRichProgressBar(_EvaluationLine, RichProgressBar):
         self._at = _Position()
 
     def _print(self, text: str) -> None:
-        if self.is_enabled and self._console is not None and self.trainer.is_global_zero:
-            self._console.print(text, markup=False, highlight=False)
-        elif self.is_enabled and self.trainer.is_global_zero:
+        if self.is_enabled and self.trainer.is_global_zero and not self.console_print(text):
             print(text, flush=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._at.start(trainer)
 
-    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's text
+    def describe_training(self) -> str:
         return self._at.text(self.trainer)
 
     def _describe(self, trainer: pl.Trainer) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -73,7 +73,7 @@ _RUN_LOCKS: list[RunDirLock] = []  # held until main() returns (tests run severa
 _run_dir: list[Path] = []  # the run directory of the command under way, for the messages of main()
 
 
-class ResNetCLI(CommandLineOverCheckpoint, LightningCLI):
+class ResNetCLI(CommandLineOverCheckpoint):
     """LightningCLI with the run directory, checkpointing and logging resnet-lit runs share."""
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],

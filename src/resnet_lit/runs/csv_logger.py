@@ -19,49 +19,30 @@ import csv
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from resnet_lit.checkpointing.atomic_write import atomic_open
+from resnet_lit.lightning_private import KeepingExperimentWriter, WriterChoosingCSVLogger
 
 
-class _AppendingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str) -> None:
-        self._resumed_rows: list[dict[str, str]] | None = None
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:  # called by __init__: keep the file, remember its rows
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                reader = csv.DictReader(f)
-                self._resumed_rows = list(reader)
-                self.metrics_keys = list(reader.fieldnames or [])
-
+class _AppendingWriter(KeepingExperimentWriter):
     def save(self) -> None:
-        if self._resumed_rows is not None and self.metrics:
+        if self.resumed_rows is not None and self.metrics:
             first = min(int(m["step"]) for m in self.metrics if m.get("step") is not None)
-            keep = [r for r in self._resumed_rows if r.get("step") in (None, "") or int(r["step"]) < first]
-            self._write_all(self.metrics_keys, keep)
-            self._resumed_rows = None
+            keep = [r for r in self.resumed_rows if r.get("step") in (None, "") or int(r["step"]) < first]
+            self.write_all(self.metrics_keys, keep)
+            self.resumed_rows = None
         super().save()
 
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:  # Lightning's rewrites in place
-        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            rows = list(csv.DictReader(f))
-        self._write_all(fieldnames, rows)
-
-    def _write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
-        local = isinstance(self._fs, LocalFileSystem)
-        opener = atomic_open if local else self._fs.open
+    def write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+        opener = atomic_open if isinstance(self.fs, LocalFileSystem) else self.fs.open
         with opener(self.metrics_file_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
 
 
-class ResumableCSVLogger(CSVLogger):
+class ResumableCSVLogger(WriterChoosingCSVLogger):
     """``CSVLogger`` that appends to an existing metrics.csv instead of deleting it (see module doc).
 
     Every logged row is written at once (Lightning's writer keeps up to 100 steps in memory): a
@@ -73,10 +54,5 @@ class ResumableCSVLogger(CSVLogger):
         super().log_metrics(metrics, step)
         self.experiment.save()
 
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> Any:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def make_writer(self, log_dir: str) -> _AppendingWriter:
+        return _AppendingWriter(log_dir=log_dir)

@@ -99,7 +99,7 @@ class StopOnSignal(Callback):
             raise ValueError(f"stop_on_signal.check_every_n_steps must be >= 1 (or null), got {check_every_n_steps}")
         self.requeue = requeue
         self.check_every_n_steps = check_every_n_steps
-        self._trainer: pl.Trainer | None = None
+        self._fitting: pl.Trainer | None = None
         self._pid = 0  # the training process; forked copies of it (DataLoader workers) leave signals to it
         self._previous: dict[int, Any] = {}
         self._signals: tuple[int, ...] = ()  # handled, in rising priority when ranks received different ones
@@ -112,7 +112,7 @@ class StopOnSignal(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        self._trainer, self._pid, self._checked_step, self._exiting = trainer, os.getpid(), -1, False
+        self._fitting, self._pid, self._checked_step, self._exiting = trainer, os.getpid(), -1, False
         self._received.clear()
         _stopped_by.clear()
         environment = cluster_environment(trainer)
@@ -128,7 +128,7 @@ class StopOnSignal(Callback):
         skip_per_step_sigterm_broadcast(trainer)  # the ranks agree in _agree instead
 
     def _install(self) -> None:
-        if self._trainer is not None and threading.current_thread() is threading.main_thread():
+        if self._fitting is not None and threading.current_thread() is threading.main_thread():
             for signum in self._signals:
                 signal.signal(signum, self._handle)
 
@@ -139,7 +139,7 @@ class StopOnSignal(Callback):
             # The ranks save and exit. One that exits first makes srun (--kill-on-bad-exit) SIGTERM the
             # others, whose exit status would then say 143 instead of the stop's (138 requeues the job).
             return
-        trainer = self._trainer
+        trainer = self._fitting
         if trainer is None:  # not fitting (any more): behave as before this fit
             _pass_on(signum, frame, self._previous.get(signum))
             return
@@ -182,7 +182,7 @@ class StopOnSignal(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if self._trainer is None or step == self._checked_step:  # no step taken (gradient accumulation)
+        if self._fitting is None or step == self._checked_step:  # no step taken (gradient accumulation)
             return
         if trainer.world_size > 1 and step % self._every(trainer):
             return
@@ -190,7 +190,7 @@ class StopOnSignal(Callback):
         self._agree(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._trainer is not None and not trainer.sanity_checking:  # every rank ends a validation together
+        if self._fitting is not None and not trainer.sanity_checking:  # every rank ends a validation together
             self._agree(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -201,7 +201,7 @@ class StopOnSignal(Callback):
             self._restore()
 
     def _restore(self) -> None:
-        self._trainer = None
+        self._fitting = None
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -210,7 +210,7 @@ class StopOnSignal(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        self._trainer = None  # a signal from here on gets the behaviour from before the fit
+        self._fitting = None  # a signal from here on gets the behaviour from before the fit
         self._exiting = bool(_stopped_by)
         signum = _stopped_by[0] if _stopped_by else signal.SIGTERM
         name = signal.Signals(signum).name

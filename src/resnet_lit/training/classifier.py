@@ -25,7 +25,7 @@ from resnet_lit.checkpointing.contents import (
     train_counts_of,
 )
 from resnet_lit.checkpointing.weights import load_init_weights
-from resnet_lit.lightning_private import layer_sync, set_layer_sync, should_update_logs
+from resnet_lit.lightning_private import layer_sync, set_layer_sync, should_update_logs, trainer_of
 from resnet_lit.models import create_model
 from resnet_lit.training.compiling import call_eagerly, compile_in_place
 from resnet_lit.training.ema import EMAConfig, EMAWeights, ema_at_scale
@@ -138,7 +138,7 @@ class ImageClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.freeze != "none":
             apply_freeze(self.model, self.hparams.freeze)
-            if self._trainer is not None and type(layer_sync(self.trainer)) is TorchSyncBatchNorm:
+            if trainer_of(self) is not None and type(layer_sync(self.trainer)) is TorchSyncBatchNorm:
                 set_layer_sync(self.trainer, SyncUnfrozenBatchNorm())  # sync_batchnorm: frozen ones stay frozen
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -246,7 +246,7 @@ class ImageClassifier(pl.LightningModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         # the EMA of the weights (training/ema.py), for fit only: a checkpoint's state_dict already
         # holds the averaged weights that validate / test / predict read
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        fitting = trainer_of(self) is not None and self.trainer.state.fn == "fit"
         if fitting and self.hparams.compile_step:  # before Lightning's own checks of manual optimisation
             check_fit(self.trainer, self.schedule_cfg.kind)
         if self.ema_cfg is None or not fitting:
@@ -256,12 +256,12 @@ class ImageClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        refuse_nonfinite_checkpoint(checkpoint, self._trainer)
+        refuse_nonfinite_checkpoint(checkpoint, trainer_of(self))
         for state in checkpoint.get("optimizer_states", []):  # compile_step's tensor lr: saved as a float
             lr_as_float(state)
-        counts = self.train_accuracy.for_checkpoint(self._trainer, self.current_epoch)  # mid-epoch only
+        counts = self.train_accuracy.for_checkpoint(trainer_of(self), self.current_epoch)  # mid-epoch only
         add_model_record(checkpoint, self.model.arch_spec, self.hparams.class_names, counts)
-        if self._trainer is not None:
+        if trainer_of(self) is not None:
             add_wandb_run_id(checkpoint, self.trainer)
             add_trainer_limits(checkpoint, self.trainer)
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from resnet_lit.lightning_private import load_train_data
 from resnet_lit.training.optimizers import OptimizerConfig, build_optimizer, scaled_lr
 
 __all__ = [
@@ -205,8 +206,8 @@ def configure_training(model: nn.Module, cfg: OptimizerConfig, schedule: Schedul
     total = int(trainer.estimated_stepping_batches) if schedule.needs_total_steps else None
     per_epoch = None
     if schedule.needs_steps_per_epoch:  # from the loader's length: max_steps may end the run early
-        if trainer.train_dataloader is None:  # as estimated_stepping_batches does, which skips it when
-            trainer.fit_loop.setup_data()      # max_epochs is -1 (a run bounded by max_steps alone)
+        if trainer.train_dataloader is None:  # a run bounded by max_steps alone
+            load_train_data(trainer)
         per_epoch = steps_per_epoch(trainer.num_training_batches, trainer.accumulate_grad_batches)
     return build_scheduler(optimizer, schedule, total, per_epoch, batch)
 
