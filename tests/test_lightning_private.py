@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -30,6 +30,7 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "DDPStrategy": DDPStrategy(),
         "LightningCLI": LightningCLI,
         "LightningModule": pl.LightningModule(),
+        "WandbLogger": WandbLogger(save_dir=str(folder), offline=True),
         "fit_loop_state": trainer.fit_loop.state_dict(),  # what a checkpoint holds under loops/fit_loop
     }
 

@@ -25,9 +25,9 @@ NOISE = re.compile(r"\.py:\d+: |Warning\b|WARNING|warn\(|Found \d+ module\(s\) i
                    r"anonymous setting|No CUDA runtime|srun|💡|\x1b|\r")
 
 
-def _run(repo_root: Path, *args: str) -> str:
-    done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"), *args], cwd=repo_root, env=fit_env(),
-                          capture_output=True, text=True, timeout=300)
+def _run(repo_root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"), *args], cwd=repo_root,
+                          env=env or fit_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -74,3 +74,15 @@ def test_shards_prints_no_progress_bars_or_banners(woof: Path, repo_root: Path, 
     out = _run(repo_root, "shards", str(woof), str(tmp_path / "shards"), "--workers", "2", "--chunk_bytes", "1MB")
     assert (tmp_path / "shards").is_dir()
     assert _noise(out) == [], out
+
+
+def test_a_fit_logging_to_wandb_offline_prints_no_wandb_warning(repo_root: Path, cifar_root: Path,
+                                                                tmp_path: Path) -> None:
+    """wandb warned on every run that Lightning's anonymous=None "has no effect"."""
+    import os
+
+    env = fit_env({**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    out = _run(repo_root, "fit", *small_fit_args(tmp_path / "wb", root=cifar_root, subset=64, steps=2, width=0.25,
+                                                 extra=["--config", "configs/logger/wandb.yaml"]), env=env)
+    assert any((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert [line for line in out.splitlines() if "anonymous" in line] == []

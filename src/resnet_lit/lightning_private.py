@@ -74,6 +74,8 @@ PRIVATE_NAMES = (
     "LightningModule._trainer",
     # training.schedules.configure_training: the train loader's length when max_steps alone bounds the run
     "Trainer.fit_loop.setup_data",
+    # runs.cli: wandb.init without Lightning's anonymous=None, which wandb warns about on every run
+    "WandbLogger._wandb_init",
 )
 
 
@@ -179,6 +181,14 @@ def skip_per_step_sigterm_broadcast(trainer: Any) -> None:
 def trainer_of(module: Any) -> Any:
     """The Trainer a LightningModule is attached to, or None (``module.trainer`` raises without one)."""
     return module._trainer
+
+
+def drop_wandb_anonymous(logger: Any) -> None:
+    """Lightning's WandbLogger passes ``anonymous=None`` to ``wandb.init`` unless told otherwise, and
+    wandb warns on every run that the setting has no effect: leave it out when it says nothing."""
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
 
 
 def load_train_data(trainer: Any) -> None:

@@ -51,7 +51,7 @@ from resnet_lit.checkpointing.resume_plan import (
 from resnet_lit.checkpointing.weights import InitWeightsError
 from resnet_lit.data.cifar_io import DownloadError
 from resnet_lit.data.decode import BadImageError
-from resnet_lit.lightning_private import CommandLineOverCheckpoint
+from resnet_lit.lightning_private import CommandLineOverCheckpoint, drop_wandb_anonymous
 from resnet_lit.runs.callbacks import LearningRate, Throughput, progress_bar
 from resnet_lit.runs.console import cpu_note, print_model_line, silence_noise, silence_resume_noise
 from resnet_lit.runs.elastic import fresh_store_for_restart
@@ -215,6 +215,9 @@ class ResNetCLI(CommandLineOverCheckpoint):
         trainer.callbacks = [c for c in trainer.callbacks if id(c) not in off]
         if self.subcommand == "fit":
             _at_scale(trainer, self.model, self.datamodule)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                drop_wandb_anonymous(logger)  # before the run starts: wandb would warn about it
         return trainer
 
     def before_fit(self) -> None:
