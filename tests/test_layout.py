@@ -128,3 +128,13 @@ def test_no_private_lightning_name_outside_the_fence() -> None:
             if isinstance(node, (ast.Attribute, ast.FunctionDef)) and name in private:
                 found.append(f"{path.relative_to(SRC).as_posix()}:{node.lineno} {name}")
     assert found == []
+
+
+def test_the_readme_names_every_module() -> None:
+    """README's "Where things are" names every module of the package, so a newcomer finds a behaviour
+    by reading file names (the package markers __init__ / __main__ aside)."""
+    readme = (SRC.parent / "README.md").read_text()
+    table = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    missing = [path.relative_to(SRC / "resnet_lit").as_posix() for path in sorted((SRC / "resnet_lit").rglob("*.py"))
+               if path.stem not in ("__init__", "__main__") and f"{path.name}`" not in table]
+    assert missing == []
