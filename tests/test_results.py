@@ -122,6 +122,7 @@ def test_card_command_gives_the_pinned_error_on_the_first_test_batches(run: Path
     assert error == pytest.approx(pinned["test_error"], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FULL, reason="every test image: RESNET_LIT_FULL_RESULTS=1 (the quick check pins a subset)")
 @pytest.mark.parametrize("run", PUBLISHED, ids=lambda p: p.name)
 def test_card_command_gives_the_card_error(run: Path, tmp_path: Path, shared_decode_cache: Path):
