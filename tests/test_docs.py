@@ -1,6 +1,7 @@
 """The prose quotes its evidence: every figure docs/*.md gives for a run (results.md, recipes.md,
-reproduction.md) is the one in the committed logs and cards it cites. Moved together from
-test_results.py and test_recipe_configs.py (issue 30): these read files only, no training."""
+reproduction.md) is the one in the committed logs and cards it cites, and the README states what a
+first user needs. Gathered from test_results.py, test_recipe_configs.py and test_cli_help.py (issue
+30): these read files only, no training."""
 
 from __future__ import annotations
 
@@ -124,3 +125,9 @@ def test_the_cut_schedule_evidence_quotes_the_published_runs(epochs, run, prefix
         assert config["model"][key] == recipe["model"][key] or all(
             config["model"][key][k] == v for k, v in recipe["model"][key].items())
     assert config["model"]["schedule"]["kind"] == "cosine" and config["data"]["init_args"]["test_mode"] == "flip"
+
+
+def test_readme_says_where_the_cache_is_and_how_to_install_cpu_torch():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "~/.cache/resnet_lit" in readme and "RESNET_LIT_CACHE" in readme and "--data.cache_dir" in readme
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in readme
