@@ -1,7 +1,9 @@
 """Broken inputs get one line that names them, and no traceback: checkpoint and weights files that are
 cut short, empty or not checkpoints, in every place one is read; a newer resnet-lit's checkpoint; a
-download without internet; a misspelt or abbreviated flag. Each command runs as a user runs it, in a
-fresh ``resnet-lit`` process, on real files."""
+download without internet; a misspelt or abbreviated flag. Each command runs on real files through the
+``resnet-lit`` console script's own entry point (``runs.entry.main``): in-process, its exit status and
+what it prints captured from the file descriptors, so that a traceback or a second line would show; a
+few (a cut checkpoint given to fit, the download, export) as a user runs them, in a fresh process."""
 
 from __future__ import annotations
 
@@ -29,8 +31,29 @@ CONFIGS = [item for config in RECIPE for item in ("--config", config)]
 
 
 def resnet_lit_cli(repo_root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``resnet-lit ARGS`` in a fresh process, as a user runs it."""
     command = [str(Path(sys.executable).parent / "resnet-lit"), *args]
     return subprocess.run(command, cwd=repo_root, env=env or fit_env(), capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def resnet_lit_here(repo_root: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``resnet-lit ARGS`` in this process through the console script's entry point (seconds of imports
+    saved a command): its exit status and both streams as a finished process would give them."""
+    from resnet_lit.runs.entry import main as entry_main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(repo_root)
+        capfd.readouterr()
+        code = 0
+        try:
+            entry_main(list(args))
+        except SystemExit as exit_info:
+            code = exit_info.code if isinstance(exit_info.code, int) else (0 if exit_info.code is None else 1)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["resnet-lit", *args], code, out, err)
+
+    return run
 
 
 def error_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -67,7 +90,8 @@ WHAT = {"truncated": "is cut short or damaged (100000 bytes", "empty": "is empty
     "command, kind",
     [("fit", "truncated"), ("test", "empty"), ("validate", "text"), ("predict", "truncated"), ("last", "truncated")],
 )
-def test_a_broken_checkpoint_is_named_in_one_line(command: str, kind: str, repo_root: Path, tmp_path: Path) -> None:
+def test_a_broken_checkpoint_is_named_in_one_line(command: str, kind: str, repo_root: Path, tmp_path: Path,
+                                                  resnet_lit_here) -> None:
     path = broken(tmp_path, kind)
     run_dir = tmp_path / "run"
     ckpt = str(path)
@@ -75,29 +99,31 @@ def test_a_broken_checkpoint_is_named_in_one_line(command: str, kind: str, repo_
         (run_dir / "checkpoints").mkdir(parents=True)
         ckpt, path = "last", shutil.copy(path, run_dir / "checkpoints" / "last.ckpt")
         command = "fit"
-    done = resnet_lit_cli(repo_root, command, *CONFIGS, "--run_dir", str(run_dir), "--ckpt_path", ckpt)
+    args = (command, *CONFIGS, "--run_dir", str(run_dir), "--ckpt_path", ckpt)
+    fresh = (command, kind) == ("fit", "truncated") and ckpt != "last"  # one as a user runs it
+    done = resnet_lit_cli(repo_root, *args) if fresh else resnet_lit_here(*args)
     assert_one_line(done, f"--ckpt_path {path} {WHAT[kind]}", "Use an intact copy")
 
 
-def test_weights_only_given_as_a_checkpoint_point_to_init_weights(repo_root: Path, tmp_path: Path) -> None:
+def test_weights_only_given_as_a_checkpoint_point_to_init_weights(tmp_path: Path, resnet_lit_here) -> None:
     raw = torch.load(OLD, map_location="cpu", weights_only=True)
     weights = tmp_path / "weights.pt"
     torch.save({k.removeprefix("model."): v for k, v in raw["state_dict"].items()}, weights)
-    done = resnet_lit_cli(repo_root, "fit", *CONFIGS, "--run_dir", str(tmp_path / "run"), "--ckpt_path", str(weights))
+    done = resnet_lit_here("fit", *CONFIGS, "--run_dir", str(tmp_path / "run"), "--ckpt_path", str(weights))
     assert_one_line(done, f"--ckpt_path {weights} holds weights, not a training checkpoint",
                     f"--model.init_weights {weights}")
 
 
 @pytest.mark.parametrize("command", ["fit", "validate"])
-def test_broken_init_weights_are_named_in_one_line(command: str, repo_root: Path, tmp_path: Path,
-                                                   cifar_root: Path) -> None:
+def test_broken_init_weights_are_named_in_one_line(command: str, tmp_path: Path, cifar_root: Path,
+                                                   shared_decode_cache: Path, resnet_lit_here) -> None:
     """Read when the run starts (after the data is set up): still one line, and no checkpoint left."""
     path = broken(tmp_path, "truncated")
     run_dir = tmp_path / "run"
-    done = resnet_lit_cli(repo_root, command, *CONFIGS, "--run_dir", str(run_dir), "--data.root", str(cifar_root),
-                          "--data.subset", "64", "--data.batch_size", "32", "--trainer.max_steps", "1",
-                          "--model.schedule.steps_at_batch", "null",
-                          "--model.init_weights", str(path))
+    done = resnet_lit_here(command, *CONFIGS, "--run_dir", str(run_dir), "--data.root", str(cifar_root),
+                           "--data.subset", "64", "--data.batch_size", "32", "--trainer.max_steps", "1",
+                           "--model.schedule.steps_at_batch", "null", "--data.cache_dir", str(shared_decode_cache),
+                           "--model.init_weights", str(path))
     assert_one_line(done, f"--model.init_weights: {path} {WHAT['truncated']}")
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
 
@@ -151,11 +177,11 @@ def newer_checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_newer_format_is_refused_in_one_line(repo_root: Path, tmp_path: Path) -> None:
+def test_a_newer_format_is_refused_in_one_line(tmp_path: Path, resnet_lit_here) -> None:
     path = newer_checkpoint(tmp_path)
     expected = (f"{path} was written by resnet-lit 9.0.0 in checkpoint format {FORMAT + 1}; this resnet-lit "
                 f"{resnet_lit.__version__} reads formats up to {FORMAT}. Upgrade resnet-lit")
-    done = resnet_lit_cli(repo_root, "test", *CONFIGS, "--run_dir", str(tmp_path / "run"), "--ckpt_path", str(path))
+    done = resnet_lit_here("test", *CONFIGS, "--run_dir", str(tmp_path / "run"), "--ckpt_path", str(path))
     assert_one_line(done, f"--ckpt_path {expected}")
     for read in (lambda: load_state_dict_file(path), lambda: build_from_file(path)):
         with pytest.raises(CheckpointFileError, match="Upgrade resnet-lit"):
@@ -183,9 +209,9 @@ def test_a_download_without_internet_is_one_line_and_leaves_no_folder(repo_root:
 # ------------------------------------------------------------------------------------------ flags
 
 
-def test_an_abbreviated_flag_is_refused_with_the_key_it_abbreviates(repo_root: Path, tmp_path: Path) -> None:
+def test_an_abbreviated_flag_is_refused_with_the_key_it_abbreviates(tmp_path: Path, resnet_lit_here) -> None:
     """argparse would apply --trainer.max_step to max_steps: refused, naming both."""
-    done = resnet_lit_cli(repo_root, "fit", *CONFIGS, "--run_dir", str(tmp_path / "run"), "--trainer.max_step", "7")
+    done = resnet_lit_here("fit", *CONFIGS, "--run_dir", str(tmp_path / "run"), "--trainer.max_step", "7")
     assert_one_line(done, "unknown option --trainer.max_step: did you mean --trainer.max_steps?",
                     "`resnet-lit fit --help` lists every option")
     assert not (tmp_path / "run").exists()

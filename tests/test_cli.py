@@ -33,9 +33,9 @@ def cache_dir(shared_decode_cache) -> Path:
     return shared_decode_cache
 
 
-def fit_args(run_dir: Path, cache_dir: Path, *extra: str, steps: int = 6) -> list[str]:
+def fit_args(run_dir: Path, cache_dir: Path, *extra: str, steps: int = 6, subset: int = 192) -> list[str]:
     """The small real fit, in-process: 192 images / 32 = 6 steps an epoch, 2 validation batches."""
-    return ["fit", *small_fit_args(run_dir, subset=192, steps=steps, cache_dir=cache_dir,
+    return ["fit", *small_fit_args(run_dir, subset=subset, steps=steps, cache_dir=cache_dir,
                                    extra=["--trainer.limit_val_batches", "2", *extra])]
 
 
@@ -146,12 +146,19 @@ def test_evaluation_needs_weights_and_takes_init_weights_as_they_are(trained_run
     assert "fc.weight file [100, 64] vs model [10, 64]" in err and "must fit the model as they are" in err
     assert "Traceback" not in err
 
-def test_resume_continues_the_schedule_where_it_stopped(trained_run, cache_dir, tmp_path):
+def test_resume_continues_the_schedule_where_it_stopped_and_lists_what_it_changes(trained_run, cache_dir, tmp_path,
+                                                                                   capsys, caplog):
+    """One resume of the shared run (with an evaluation batch changed on purpose): it says what it
+    resumes from and what it changes, then continues the schedule and the logs where they stopped."""
     run_dir = tmp_path / "resumed"
     import shutil
 
     shutil.copytree(trained_run, run_dir)
-    main(fit_args(run_dir, cache_dir, "--ckpt_path", "last", steps=10))
+    main(fit_args(run_dir, cache_dir, "--ckpt_path", "last", "--data.eval_batch_size", "48", steps=10))
+    said = capsys.readouterr().out + caplog.text
+    line = next(line for line in said.splitlines() if "resuming" in line)
+    assert f"resuming --ckpt_path last: {run_dir / 'checkpoints' / 'last.ckpt'} (saved at epoch 0, step 6)" in line
+    assert "changed: data.eval_batch_size" in line and "-> 48" in line and "trainer.max_steps 6 -> 10" in line
     raw = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert raw["global_step"] == 10
     rows = read_metrics(run_dir)
@@ -174,11 +181,11 @@ def test_resume_from_a_checkpoint_written_in_the_validation_at_an_epoch_end(cach
     # epoch 0's end; that must not log a second train/error row nor lose the val/error row.
     run_dir = tmp_path / "run"
     on_val_end = ("--checkpoint.save_on_train_epoch_end", "false")
-    main(fit_args(run_dir, cache_dir, *on_val_end, steps=6))  # one epoch of 6 steps
+    main(fit_args(run_dir, cache_dir, *on_val_end, steps=2, subset=64))  # one epoch of 64 / 32 = 2 steps
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
     raw = torch.load(best, map_location="cpu", weights_only=True)
-    assert raw["global_step"] == 6 and "train_counts" not in raw["resnet_lit"]
-    main(fit_args(run_dir, cache_dir, *on_val_end, "--ckpt_path", str(best), steps=12))
+    assert raw["global_step"] == 2 and "train_counts" not in raw["resnet_lit"]
+    main(fit_args(run_dir, cache_dir, *on_val_end, "--ckpt_path", str(best), steps=4, subset=64))
     rows = read_metrics(run_dir)
     assert [int(r["epoch"]) for r in rows if r.get("train/error")] == [0, 1]
     assert [int(r["epoch"]) for r in rows if r.get("val/error")] == [0, 1]
@@ -199,19 +206,6 @@ def test_a_resume_with_flags_that_change_the_training_is_refused(trained_run, ca
     assert "model.optimizer.lr: checkpoint 0.1, this command 0.05" in err
     assert f"--model.init_weights {ckpt} --run_dir NEW_DIR" in err
     assert not (tmp_path / "other" / "checkpoints").exists()  # nothing trained
-
-
-def test_a_resume_lists_what_it_changes_on_purpose(trained_run, cache_dir, tmp_path, capsys, caplog):
-    import shutil
-
-    run_dir = tmp_path / "resumed"
-    shutil.copytree(trained_run, run_dir)
-    main(fit_args(run_dir, cache_dir, "--ckpt_path", "last", "--data.eval_batch_size", "48", steps=8))
-    said = capsys.readouterr().out + caplog.text
-    line = next(line for line in said.splitlines() if "resuming" in line)
-    assert f"resuming --ckpt_path last: {run_dir / 'checkpoints' / 'last.ckpt'} (saved at epoch 0, step 6)" in line
-    assert "changed: data.eval_batch_size" in line and "-> 48" in line and "trainer.max_steps 6 -> 8" in line
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
 def test_evaluating_a_checkpoint_of_another_net_or_other_classes_is_refused(trained_run, cache_dir, tmp_path, capsys):

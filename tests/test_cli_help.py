@@ -1,5 +1,6 @@
 """What a new user meets first: ``--help`` on one screen per command, ``--version`` and ``--help``
-without importing torch, a misspelt command, where an evaluation writes, and the README's set-up notes."""
+without importing torch, a misspelt command, where an evaluation writes (the README's set-up notes:
+test_docs.py)."""
 
 from __future__ import annotations
 
@@ -113,10 +114,3 @@ def test_an_evaluation_writes_into_its_checkpoints_run_directory(tmp_path, capsy
     # as the parser sees it: the recipe's runs/cifar10/resnet20 (below the current directory) is replaced
     code, out, _ = _exit(["predict", *CIFAR, "--ckpt_path", str(ckpt), "--print_config"], capsys)
     assert code == 0 and re.search(rf"^run_dir: {re.escape(str(run))}$", out, flags=re.M), out[:500]
-
-
-
-def test_readme_says_where_the_cache_is_and_how_to_install_cpu_torch(repo_root):
-    readme = (repo_root / "README.md").read_text()
-    assert "~/.cache/resnet_lit" in readme and "RESNET_LIT_CACHE" in readme and "--data.cache_dir" in readme
-    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in readme

@@ -219,10 +219,12 @@ def _eval_command(command: str, root: Path, weights: Path, run_dir: Path, device
     pytest.param("validate", 2, marks=pytest.mark.slow), pytest.param("test", 2, marks=pytest.mark.slow),
 ])
 def test_skip_evaluates_each_readable_image_once(command: str, devices: int, repo_root: Path, tmp_path: Path,
-                                                 woof_jpegs: list[bytes]) -> None:
-    """A real folder with 10 readable and 4 unreadable validation images, evaluated by a real ``resnet-lit``
-    process (and by two, under DDP with gloo): exactly the 10 are counted, with the accuracies and loss
-    of the same folder without the bad files; the 4 are logged as skipped, summed over ranks."""
+                                                 woof_jpegs: list[bytes], capfd, caplog,
+                                                 monkeypatch) -> None:
+    """A real folder with 10 readable and 4 unreadable validation images, evaluated by the ``resnet-lit``
+    CLI (in-process on one device; two real processes under DDP with gloo): exactly the 10 are counted,
+    with the accuracies and loss of the same folder without the bad files; the 4 are logged as skipped,
+    summed over ranks."""
     import csv
     import subprocess
     import sys
@@ -240,12 +242,20 @@ def test_skip_evaluates_each_readable_image_once(command: str, devices: int, rep
     torch.manual_seed(0)
     torch.save(create_model("resnet20", num_classes=2, width=0.25).state_dict(), weights)
 
-    env = {**fit_env(), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"),
-                           *_eval_command(command, root, weights, tmp_path / "run", devices)],
-                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "Skipped (on_bad_image='skip')" in done.stderr and "or pass on_bad_image='skip'" not in done.stderr
+    args = _eval_command(command, root, weights, tmp_path / "run", devices)
+    if devices == 1:  # one process: the CLI in-process (a fresh process adds nothing to what is counted)
+        from resnet_lit.runs.cli import main
+
+        monkeypatch.chdir(repo_root)
+        main(args)
+        stderr = capfd.readouterr().err + caplog.text  # the warnings are logged
+    else:  # two processes under DDP: the real command, as a user runs it
+        env = {**fit_env(), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([str(Path(sys.executable).parent / "resnet-lit"), *args],
+                              cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        stderr = done.stderr
+    assert "Skipped (on_bad_image='skip')" in stderr and "or pass on_bad_image='skip'" not in stderr
     if command == "predict":  # one row per readable image, none for the bad ones or their stand-ins
         with open(tmp_path / "run" / "predictions.csv", newline="") as f:
             files = [row["file"] for row in csv.DictReader(f)]
