@@ -111,6 +111,21 @@ class SlurmCluster:
             state = self.job_state(job_id)
         return state
 
+    def start_requeued_now(self, job_id: int, timeout: float = 120) -> None:
+        """Start a requeued (PENDING) job now, once every node has finished tearing its last run down.
+        SLURM delays a requeued job's start for that; released at once, the new batch script can reach a
+        node still killing the old one, which refuses it ("Job N already killed, do not launch batch
+        job") and the job fails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
+            if states and all(state == "idle" for state in states):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nodes still {states} after {timeout:.0f} s; logs under {self.root}")
+            time.sleep(0.5)
+        self.run("scontrol", "update", f"jobid={job_id}", "StartTime=now")
+
     def stop(self) -> None:
         """SIGTERM the daemons we started (by pid), then SIGKILL whatever is left."""
         for pid in self.pids:

@@ -147,7 +147,7 @@ def test_sigusr1_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, r
     assert not list(run_dir.rglob("hpc_ckpt_*"))
     stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 6 <= stopped_at < STEPS
-    slurm_cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+    slurm_cluster.start_requeued_now(job)
     state = slurm_cluster.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=300)
     log = next(tmp_path.glob("rl-test-*.out")).read_text()
     assert state == "COMPLETED", log[-4000:]
@@ -214,7 +214,7 @@ def test_requeue_signal_to_the_batch_script_with_loader_workers_resumes_bit_exac
     stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert stopped_at in (2, 4), stopped_at  # an agreed step (every 2), inside epoch 0 (5 steps)
     assert not list(run_dir.rglob("hpc_ckpt_*"))
-    slurm_cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+    slurm_cluster.start_requeued_now(job)
     state = slurm_cluster.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
     log = next(work.glob("rl-test-*.out")).read_text()
     assert state == "COMPLETED", log[-4000:]
