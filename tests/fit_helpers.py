@@ -9,6 +9,8 @@ name the test callbacks of ``scale_helpers.py``.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +79,23 @@ def exact_fit(repo_root: Path, cifar_root: Path, run_dir: Path, *extra: str,
         "--checkpoint.monitor", "null", *extra,
     ])
     return run_fit(repo_root, args)
+
+
+def exit_of(main, args: list[str], capsys) -> tuple[int | None, str, str]:
+    """The exit status, stdout and stderr of an in-process ``main(args)`` that exits (an error, --help)."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def card_of(run: Path) -> dict:
+    """A published run's ``results.json``."""
+    return json.loads((run / "results.json").read_text())
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

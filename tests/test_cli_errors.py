@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from fit_helpers import small_fit_args
+from fit_helpers import exit_of, small_fit_args
 
 from resnet_lit.runs.cli import main
 
@@ -21,10 +21,7 @@ def _in_repo(repo_root, monkeypatch):
 
 
 def _exit(args: list[str], capsys) -> tuple[int | None, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return exit_of(main, args, capsys)
 
 
 # -------------------------------------------------------------------------------- one-line errors

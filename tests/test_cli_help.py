@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from fit_helpers import exit_of
 
 from resnet_lit.runs.cli import main
 from resnet_lit.runs.entry import cli_args
@@ -23,10 +24,7 @@ def _in_repo(repo_root, monkeypatch):
 
 
 def _exit(args: list[str], capsys) -> tuple[int | None, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return exit_of(main, args, capsys)
 
 
 # ----------------------------------------------------------------------------------------- help

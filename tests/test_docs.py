@@ -11,19 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fit_helpers import card_of, csv_rows
 
 REPO_ROOT = REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(p.parent for p in (REPO_ROOT / "results").glob("*/results.json"))
 IMAGEWOOF = [p for p in PUBLISHED if p.name.startswith("imagewoof")]
 
 
-def _card(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())
-
-
-def _metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+_card, _metrics = card_of, csv_rows
 
 
 @pytest.mark.parametrize("run", IMAGEWOOF, ids=lambda p: p.name)

@@ -9,7 +9,6 @@ validation every epoch, no repeated or missing step after a resume).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fit_helpers import card_of, csv_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(p.parent for p in (REPO_ROOT / "results").glob("*/results.json"))
@@ -33,13 +33,7 @@ def test_results_are_published():
     assert (REPO_ROOT / "results" / "cifar10-resnet20-cpu" / "results.json").is_file()
 
 
-def _card(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())
-
-
-def _metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+_card, _metrics = card_of, csv_rows
 
 
 @pytest.mark.parametrize("run", PUBLISHED, ids=lambda p: p.name)
