@@ -112,10 +112,11 @@ class SlurmCluster:
         return state
 
     def start_requeued_now(self, job_id: int, timeout: float = 120) -> None:
-        """Start a requeued (PENDING) job now, once every node has finished tearing its last run down.
-        SLURM delays a requeued job's start for that; released at once, the new batch script can reach a
-        node still killing the old one, which refuses it ("Job N already killed, do not launch batch
-        job") and the job fails."""
+        """Start a requeued (PENDING) job now, once every node has torn its last run down and the
+        requeue's credential revocation is behind. SLURM delays a requeued job's start for this: slurmd
+        revokes the old run's credential by time, to the second, so a launch within that second is refused
+        ("Job N already killed, do not launch batch job"; "Job credential revoked") and the job fails."""
+        time.sleep(2.0)  # past the second of the requeue: the new credential is issued after the revocation
         deadline = time.monotonic() + timeout
         while True:
             states = self.run("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.split()
