@@ -198,14 +198,15 @@ def load_train_data(trainer: Any) -> None:
 
 
 class DescribedRichProgressBar(RichProgressBar):
-    """Lightning's rich bar with its text from ``describe_training()`` and a ``console_print`` that
-    writes a line above the bar (runs.callbacks.StepRichProgressBar)."""
+    """Lightning's rich bar with its text from ``describe_training(current_epoch)`` (Lightning's own text
+    unless a subclass says otherwise: runs.callbacks.StepRichProgressBar) and a ``console_print`` that
+    writes a line above the bar."""
 
-    def describe_training(self) -> str:
-        raise NotImplementedError
+    def describe_training(self, current_epoch: int) -> str:
+        return super()._get_train_description(current_epoch)
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's text
-        return self.describe_training()
+        return self.describe_training(current_epoch)
 
     def console_print(self, text: str) -> bool:
         """Print ``text`` through the bar's console; False when there is none yet."""
@@ -217,8 +218,8 @@ class DescribedRichProgressBar(RichProgressBar):
 
 class KeepingExperimentWriter(ExperimentWriter):
     """Lightning's CSV writer that keeps an existing metrics.csv (its rows in ``resumed_rows``) instead
-    of deleting it, and rewrites the file through ``write_all`` when a column is added
-    (runs.csv_logger says why)."""
+    of deleting it, and rewrites the whole file through ``write_all`` when a column is added, opening
+    it with ``open_for_rewrite`` (runs.csv_logger says why and opens it atomically)."""
 
     def __init__(self, log_dir: str) -> None:
         self.resumed_rows: list[dict[str, str]] | None = None
@@ -240,15 +241,22 @@ class KeepingExperimentWriter(ExperimentWriter):
             rows = list(csv.DictReader(f))
         self.write_all(fieldnames, rows)
 
+    def open_for_rewrite(self, path: str) -> Any:
+        return self._fs.open(path, "w", newline="")
+
     def write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        with self.open_for_rewrite(self.metrics_file_path) as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class WriterChoosingCSVLogger(CSVLogger):
-    """Lightning's CSVLogger with its writer from ``make_writer(log_dir)``."""
+    """Lightning's CSVLogger with its writer from ``make_writer(log_dir)`` (Lightning's own unless a
+    subclass says otherwise: runs.csv_logger.ResumableCSVLogger)."""
 
     def make_writer(self, log_dir: str) -> ExperimentWriter:
-        raise NotImplementedError
+        return ExperimentWriter(log_dir=log_dir)
 
     @property
     @rank_zero_experiment

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -197,9 +198,7 @@ class _EvaluationLine:
     """One line per validation and per test, instead of Lightning's results table beside it (which
     printed test results twice: our line and the table)."""
 
-    def _print(self, text: str) -> None:
-        raise NotImplementedError
-
+    _print: Callable[[str], None]  # the subclass's way to write a line (bar console or plain print)
     _at: _Position
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -234,7 +233,7 @@ class StepRichProgressBar(_EvaluationLine, DescribedRichProgressBar):
         super().on_train_start(trainer, pl_module)
         self._at.start(trainer)
 
-    def describe_training(self) -> str:
+    def describe_training(self, current_epoch: int) -> str:
         return self._at.text(self.trainer)
 
     def _describe(self, trainer: pl.Trainer) -> None:

@@ -15,7 +15,6 @@ instead of an empty file. Plain appends are Lightning's.
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
@@ -34,12 +33,10 @@ class _AppendingWriter(KeepingExperimentWriter):
             self.resumed_rows = None
         super().save()
 
-    def write_all(self, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
-        opener = atomic_open if isinstance(self.fs, LocalFileSystem) else self.fs.open
-        with opener(self.metrics_file_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
+    def open_for_rewrite(self, path: str) -> Any:  # a full disk mid-rewrite leaves the old rows
+        if isinstance(self.fs, LocalFileSystem):
+            return atomic_open(path, "w", newline="")
+        return super().open_for_rewrite(path)
 
 
 class ResumableCSVLogger(WriterChoosingCSVLogger):
